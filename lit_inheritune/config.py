@@ -1,0 +1,22 @@
+"""Hydra/OmegaConf set-up shared by the CLI, the tests and notebooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONFIG_DIR = Path(__file__).parent / "conf"
+
+if not OmegaConf.has_resolver("mul"):
+    # val_check_interval counts micro-batches: val_every_n_steps * accumulate_grad_batches.
+    OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+
+
+def compose(overrides: list[str] | None = None):
+    """The config `python -m lit_inheritune <overrides>` would run, without starting a job."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))

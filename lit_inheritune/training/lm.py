@@ -1,0 +1,56 @@
+"""The causal-LM LightningModule: reference, scratch and every Inheritune stage train through it."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.training.optim import OptimConfig, build_optimizer
+
+
+class CausalLM(L.LightningModule):
+    def __init__(self, model: GPT, optim: OptimConfig, meta: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {"model": model.config.to_dict(), "optim": vars(optim).copy(), "meta": dict(meta or {})}
+        )
+
+    @classmethod
+    def from_config(cls, model: GPTConfig, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
+        return cls(GPT(model), optim, meta)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, y)["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
+                "stopping. Lower the learning rate or resume from an earlier checkpoint."
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.model(x, y)["loss"]
+        # Every val batch has the same size, so the mean of batch means is the mean over tokens.
+        self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is not None:
+            self.log("val/ppl", math.exp(min(float(loss), 50.0)), sync_dist=False)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimizer(self.model, self.optim)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

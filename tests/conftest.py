@@ -1,0 +1,64 @@
+"""Tests run offline and write only below pytest's tmp dirs."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Anything that writes to a default location (W&B, caches, outputs) writes to a tmp dir."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("LIT_INHERITUNE_ROOT", str(root))
+    monkeypatch.setenv("WANDB_DIR", str(root))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(root / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(root / "wandb-config"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(root / "mpl"))
+    monkeypatch.setenv("LIT_INHERITUNE_FIXTURES", str(FIXTURES))
+
+
+# Overrides for a run of seconds on the fixture corpus.
+TINY = [
+    "model=cpu_tiny",
+    "data=fixture",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "train.max_steps=40",
+    "train.val_every_n_steps=20",
+    "train.log_every_n_steps=5",
+    "optim.warmup_steps=5",
+    "optim.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="session")
+def fixture_data_dir(tmp_path_factory):
+    """The fixture corpus prepared once per session (BPE-512), shared read-only by the tests."""
+    from lit_inheritune.config import compose
+    from lit_inheritune.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("fixture-data") / "fixture-bpe512"
+    os.environ["LIT_INHERITUNE_FIXTURES"] = str(FIXTURES)
+    cfg = compose(["data=fixture", "model=cpu_tiny"])
+    prepare(out_dir=out, **{k: v for k, v in _plain(cfg.data.prepare).items()})
+    return out
+
+
+def _plain(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)

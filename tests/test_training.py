@@ -1,0 +1,134 @@
+"""End-to-end training on the fixture corpus: loss falls, runs resume exactly, bad input fails early."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from lit_inheritune.config import compose
+from lit_inheritune.run import run
+from lit_inheritune.training import runner
+from lit_inheritune.training.runner import ConfigError
+
+
+def _cfg(tmp_path, data_dir, *extra):
+    return compose([*TINY, f"paths.root_dir={tmp_path}", f"data.data_dir={data_dir}", *extra])
+
+
+def _metrics(run_dir):
+    with open(Path(run_dir) / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_model_loss_falls(tmp_path, fixture_data_dir):
+    cfg = _cfg(tmp_path, fixture_data_dir, "train.max_steps=50", "train.val_every_n_steps=25")
+    [result] = run(cfg)
+    assert result["steps"] == 50
+    rows = _metrics(cfg.run_dir)
+    train = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(val) == 2 and val[1] < val[0]
+    assert train[0] == pytest.approx(torch.log(torch.tensor(512.0)).item(), abs=0.3)  # GPT-2 init: ~uniform
+    assert sum(train[-3:]) / 3 < sum(train[:3]) / 3 - 0.5
+    assert result["val_loss"] == pytest.approx(val[-1])
+    assert result["val_loss"] < torch.log(torch.tensor(512.0)).item() - 0.7
+    assert any(r.get("train/tokens_per_sec") for r in rows)
+    assert any(r.get("lr-AdamW/decay") for r in rows)
+    saved = json.loads((Path(cfg.run_dir) / "result.json").read_text())
+    assert saved["val_loss"] == result["val_loss"]
+
+
+class _CrashAt(runner.L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated kill")
+
+
+def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixture_data_dir, monkeypatch):
+    straight = _cfg(tmp_path / "a", fixture_data_dir)
+    [expected] = run(straight)
+    weights_expected = torch.load(expected["last_checkpoint"], weights_only=True)["state_dict"]
+
+    killed = _cfg(tmp_path / "b", fixture_data_dir)
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda cfg, d: [*original(cfg, d), _CrashAt(30)])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(killed)
+    last = Path(killed.run_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+    assert not (Path(killed.run_dir) / "result.json").exists()
+    monkeypatch.setattr(runner, "_callbacks", original)
+
+    with pytest.raises(ConfigError, match="resume=true"):
+        run(killed)  # an interrupted run is never overwritten silently
+
+    [resumed] = run(_cfg(tmp_path / "b", fixture_data_dir, "resume=true"))
+    assert resumed["steps"] == 40
+    weights = torch.load(resumed["last_checkpoint"], weights_only=True)["state_dict"]
+    for name, tensor in weights_expected.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-4)
+
+    # A finished run is not trained again.
+    [again] = run(_cfg(tmp_path / "b", fixture_data_dir, "resume=true"))
+    assert again == resumed
+
+
+def test_non_finite_loss_stops_with_the_step_named(tmp_path, fixture_data_dir, monkeypatch):
+    from lit_inheritune.model import GPT
+
+    forward = GPT.forward
+
+    def poisoned(self, idx, targets=None, return_attn=False):
+        out = forward(self, idx, targets, return_attn)
+        if self.training and poisoned.calls == 3:
+            out["loss"] = out["loss"] * float("nan")
+        poisoned.calls += self.training
+        return out
+
+    poisoned.calls = 0
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        run(_cfg(tmp_path, fixture_data_dir))
+
+
+def test_schedule_must_end_on_a_validation_step(tmp_path, fixture_data_dir):
+    with pytest.raises(ConfigError, match="multiple of train.val_every_n_steps"):
+        run(_cfg(tmp_path, fixture_data_dir, "train.max_steps=45"))
+
+
+def test_model_vocab_smaller_than_data_vocab_is_a_clear_error(tmp_path, fixture_data_dir):
+    from lit_inheritune.data.prepare import DataError
+
+    with pytest.raises(DataError, match="vocab_size=256"):
+        run(_cfg(tmp_path, fixture_data_dir, "model.vocab_size=256"))
+
+
+def test_cli_multirun_over_seeds(tmp_path, fixture_data_dir):
+    """The thin __main__: a Hydra multirun of two seeds, each ending in its summary line."""
+    cmd = [sys.executable, "-m", "lit_inheritune", "-m", *TINY, "train.max_steps=10",
+           "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}",
+           "name=cli", "seed=1,2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("[cli] scratch")]
+    assert len(lines) == 2, out.stdout
+    for seed in (1, 2):
+        assert (tmp_path / "outputs" / "cli" / f"scratch-L2-s{seed}" / "result.json").exists()
+
+
+def test_wandb_offline_run_is_grouped_by_experiment(tmp_path, fixture_data_dir):
+    pytest.importorskip("wandb")
+    cfg = _cfg(tmp_path, fixture_data_dir, "logger=default", "train.max_steps=10", "train.val_every_n_steps=10",
+               "name=wb")
+    run(cfg)
+    meta = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(meta) == 1
