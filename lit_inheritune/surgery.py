@@ -1,0 +1,131 @@
+"""Weight surgery: pure functions that build one GPT from another. No Trainer, no optimizer.
+
+Every function returns a new model (inputs are never modified) and checks shapes before it copies
+anything, so a bad request fails before any compute is spent. What is copied, exactly:
+
+- `inherit_blocks`: the token embedding (and so the tied LM head) and the chosen parts of the chosen
+  reference blocks. The position embedding and the final norm keep their fresh init unless asked
+  for (`copy_wpe`, `copy_ln_f`), which is what the official code does (PAPER.md section 1).
+- `grow`: `reinherit` is a fresh `inherit_blocks` of the first n+g blocks (what the paper ran);
+  `append` keeps the trained target and appends reference blocks n..n+g-1.
+
+A block's attention scale follows its position in the new model (1 / (position + 1)), as in
+Hugging Face's GPT-2; for the paper's first-n inheritance the position equals the source index.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+
+from lit_inheritune.model import GPT, GPTConfig, renumber_blocks
+
+# Sub-modules of a block each Table 3 variant inherits.
+BLOCK_PARTS: dict[str, tuple[str, ...]] = {
+    "block": ("ln_1", "attn", "ln_2", "mlp"),
+    "attn": ("ln_1", "attn"),
+    "mlp": ("ln_2", "mlp"),
+    "attn_mlp": ("attn", "mlp"),
+}
+
+
+class SurgeryError(ValueError):
+    """A surgery request that cannot work (wrong shapes, missing blocks)."""
+
+
+def check_same_family(a: GPTConfig, b: GPTConfig, what: str = "reference") -> None:
+    """Blocks move between models only when width, heads, vocabulary and context agree."""
+    for field in ("n_embd", "n_head", "vocab_size", "block_size", "scale_attn_by_inverse_layer_idx"):
+        if getattr(a, field) != getattr(b, field):
+            raise SurgeryError(
+                f"{what} has {field}={getattr(b, field)} but the model has {field}={getattr(a, field)}; "
+                "blocks can only be copied between models of the same width, heads, vocab and context"
+            )
+
+
+def _check_sources(blocks: Sequence[int], n_available: int, what: str) -> list[int]:
+    blocks = [int(b) for b in blocks]
+    if not blocks:
+        raise SurgeryError(f"no {what} blocks requested")
+    bad = [b for b in blocks if not 0 <= b < n_available]
+    if bad:
+        raise SurgeryError(f"{what} block(s) {bad} out of range: the {what} has {n_available} blocks (0..{n_available - 1})")
+    return blocks
+
+
+@torch.no_grad()
+def _copy_(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    dst.load_state_dict(src.state_dict())
+
+
+def inherit_blocks(
+    reference: GPT,
+    n_layer: int | None = None,
+    blocks: Sequence[int] | None = None,
+    parts: str = "block",
+    copy_wpe: bool = False,
+    copy_ln_f: bool = False,
+    copy_wte: bool = True,
+) -> GPT:
+    """A model of `len(blocks)` layers (default: the first `n_layer` reference blocks) whose block i is a
+    copy of the chosen `parts` of reference block `blocks[i]`; everything else is freshly initialised as
+    in a random model of the same size (seeded by the caller's RNG state)."""
+    k = reference.config.n_layer
+    if blocks is None:
+        if n_layer is None:
+            raise SurgeryError("give n_layer (inherit the first n blocks) or an explicit list of blocks")
+        if not 1 <= n_layer <= k:
+            raise SurgeryError(f"cannot inherit {n_layer} layers from a reference with {k} layers")
+        blocks = range(n_layer)
+    elif n_layer is not None and n_layer != len(blocks):
+        raise SurgeryError(f"n_layer={n_layer} but {len(blocks)} source blocks were listed")
+    blocks = _check_sources(blocks, k, "reference")
+    if parts not in BLOCK_PARTS:
+        raise SurgeryError(f"unknown block parts {parts!r}; choose one of {sorted(BLOCK_PARTS)}")
+
+    config = GPTConfig(**{**reference.config.to_dict(), "n_layer": len(blocks)})
+    target = GPT(config).to(reference.transformer.wte.weight.device)
+    if copy_wte:
+        _copy_(target.transformer.wte, reference.transformer.wte)
+    if copy_wpe:
+        _copy_(target.transformer.wpe, reference.transformer.wpe)
+    if copy_ln_f:
+        _copy_(target.transformer.ln_f, reference.transformer.ln_f)
+    for dst, src in zip(target.transformer.h, blocks):
+        for part in BLOCK_PARTS[parts]:
+            _copy_(getattr(dst, part), getattr(reference.transformer.h[src], part))
+    return target
+
+
+def grow(target: GPT, reference: GPT, n_new: int = 2, mode: str = "append", **inherit_kwargs) -> GPT:
+    """An (n + n_new)-layer model from an n-layer target and the reference it came from."""
+    n, k = target.config.n_layer, reference.config.n_layer
+    check_same_family(target.config, reference.config)
+    if n_new < 1:
+        raise SurgeryError(f"grow needs n_new >= 1, got {n_new}")
+    if n + n_new > k:
+        raise SurgeryError(f"cannot grow a {n}-layer model by {n_new}: the reference has only {k} layers")
+    if mode == "reinherit":
+        return inherit_blocks(reference, n_layer=n + n_new, **inherit_kwargs)
+    if mode != "append":
+        raise SurgeryError(f"unknown grow mode {mode!r}; choose 'append' or 'reinherit'")
+    grown = copy.deepcopy(target)
+    for src in range(n, n + n_new):
+        grown.transformer.h.append(copy.deepcopy(reference.transformer.h[src]))
+    return renumber_blocks(grown)
+
+
+def gpt_from_checkpoint(path, map_location="cpu") -> GPT:
+    """The GPT inside one of our Lightning checkpoints (loaded with weights_only=True)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "model" not in hparams or "state_dict" not in ckpt:
+        raise SurgeryError(f"{path} is not a lit_inheritune GPT checkpoint (no model hyperparameters)")
+    model = GPT(GPTConfig(**hparams["model"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if [m for m in missing if m != "lm_head.weight"] or unexpected:
+        raise SurgeryError(f"{path} does not match its GPT config: missing {missing}, unexpected {unexpected}")
+    return model

@@ -1,0 +1,122 @@
+"""Weight surgery, checked tensor by tensor without a Trainer."""
+
+import pytest
+import torch
+
+from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.surgery import BLOCK_PARTS, SurgeryError, gpt_from_checkpoint, grow, inherit_blocks
+
+
+def _ref(n_layer=6, **kw):
+    torch.manual_seed(0)
+    cfg = dict(n_layer=n_layer, n_head=2, n_embd=16, block_size=8, vocab_size=64)
+    return GPT(GPTConfig(**{**cfg, **kw}))
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def _fresh_like(model, seed):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**model.config.to_dict()))
+
+
+@pytest.mark.parametrize("parts", sorted(BLOCK_PARTS))
+def test_inherit_copies_exactly_the_selected_parts(parts):
+    ref = _ref()
+    torch.manual_seed(123)
+    tgt = inherit_blocks(ref, n_layer=3, parts=parts)
+    fresh = _fresh_like(tgt, 123)  # what every uninherited tensor must be: the same-size random init
+    assert tgt.config.n_layer == 3
+    assert torch.equal(tgt.transformer.wte.weight, ref.transformer.wte.weight)
+    assert tgt.lm_head.weight is tgt.transformer.wte.weight
+    # official behaviour: wpe and ln_f are not copied
+    assert torch.equal(tgt.transformer.wpe.weight, fresh.transformer.wpe.weight)
+    assert not torch.equal(tgt.transformer.wpe.weight, ref.transformer.wpe.weight)
+    assert torch.equal(tgt.transformer.ln_f.weight, fresh.transformer.ln_f.weight)
+    for i in range(3):
+        for name in ("ln_1", "attn", "ln_2", "mlp"):
+            got = getattr(tgt.transformer.h[i], name)
+            want = getattr(ref.transformer.h[i] if name in BLOCK_PARTS[parts] else fresh.transformer.h[i], name)
+            assert _same(got, want), (parts, i, name)
+    # the reference is untouched by the surgery
+    assert _same(ref, _ref())
+
+
+def test_inherit_any_source_blocks_and_optional_wpe_ln_f():
+    ref = _ref(n_layer=8)
+    with torch.no_grad():
+        ref.transformer.ln_f.weight.mul_(3.0)
+    tgt = inherit_blocks(ref, blocks=[4, 5, 6, 7], copy_wpe=True, copy_ln_f=True)
+    assert [b.layer_idx for b in tgt.transformer.h] == [0, 1, 2, 3]  # scale follows the new position
+    for i, src in enumerate([4, 5, 6, 7]):
+        assert _same(tgt.transformer.h[i], ref.transformer.h[src])
+    assert torch.equal(tgt.transformer.wpe.weight, ref.transformer.wpe.weight)
+    assert torch.equal(tgt.transformer.ln_f.weight, ref.transformer.ln_f.weight)
+
+
+def test_inherited_prefix_reproduces_reference_activations():
+    """First-n inheritance keeps block indices, so the first n blocks compute exactly what they did."""
+    ref = _ref().eval()
+    tgt = inherit_blocks(ref, n_layer=3, copy_wpe=True).eval()
+    idx = torch.randint(0, 64, (2, 8))
+    x_ref = ref.transformer.wte(idx) + ref.transformer.wpe(torch.arange(8))
+    x_tgt = tgt.transformer.wte(idx) + tgt.transformer.wpe(torch.arange(8))
+    for i in range(3):
+        x_ref, _ = ref.transformer.h[i](x_ref)
+        x_tgt, _ = tgt.transformer.h[i](x_tgt)
+    assert torch.equal(x_ref, x_tgt)
+
+
+def test_grow_append_keeps_trained_blocks_and_appends_reference_blocks():
+    ref = _ref()
+    tgt = inherit_blocks(ref, n_layer=2)
+    with torch.no_grad():  # "training" moves the target away from the reference
+        for p in tgt.parameters():
+            p.add_(0.01)
+    grown = grow(tgt, ref, n_new=2, mode="append")
+    assert grown.config.n_layer == 4 and tgt.config.n_layer == 2
+    assert [b.layer_idx for b in grown.transformer.h] == [0, 1, 2, 3]
+    for i in range(2):
+        assert _same(grown.transformer.h[i], tgt.transformer.h[i])
+    for i in (2, 3):
+        assert _same(grown.transformer.h[i], ref.transformer.h[i])
+    for name in ("wte", "wpe", "ln_f"):
+        assert _same(getattr(grown.transformer, name), getattr(tgt.transformer, name))
+    assert grown.lm_head.weight is grown.transformer.wte.weight
+    assert grown.transformer.h[0] is not tgt.transformer.h[0]
+
+
+def test_grow_reinherit_equals_a_fresh_inherit():
+    ref = _ref()
+    tgt = inherit_blocks(ref, n_layer=2)
+    torch.manual_seed(7)
+    grown = grow(tgt, ref, n_new=2, mode="reinherit")
+    torch.manual_seed(7)
+    fresh = inherit_blocks(ref, n_layer=4)
+    assert _same(grown, fresh)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda ref: inherit_blocks(ref, n_layer=7), "cannot inherit 7 layers from a reference with 6"),
+        (lambda ref: inherit_blocks(ref, blocks=[0, 6]), r"block\(s\) \[6\] out of range"),
+        (lambda ref: inherit_blocks(ref, n_layer=2, parts="norms"), "unknown block parts"),
+        (lambda ref: grow(inherit_blocks(ref, n_layer=5), ref, n_new=2), "reference has only 6 layers"),
+        (lambda ref: grow(_ref(n_layer=2, n_embd=32), ref), "n_embd=16 but the model has n_embd=32"),
+        (lambda ref: grow(_ref(n_layer=2, vocab_size=128), ref), "vocab_size"),
+        (lambda ref: grow(inherit_blocks(ref, n_layer=2), ref, mode="prepend"), "unknown grow mode"),
+    ],
+)
+def test_bad_requests_fail_clearly(call, message):
+    with pytest.raises(SurgeryError, match=message):
+        call(_ref())
+
+
+def test_checkpoint_of_something_else_is_rejected(tmp_path):
+    path = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
+    with pytest.raises(SurgeryError, match="not a lit_inheritune GPT checkpoint"):
+        gpt_from_checkpoint(path)
