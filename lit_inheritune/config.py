@@ -8,9 +8,12 @@ from omegaconf import OmegaConf
 
 CONFIG_DIR = Path(__file__).parent / "conf"
 
+# val_check_interval counts micro-batches: val_every_n_steps * accumulate_grad_batches.
 if not OmegaConf.has_resolver("mul"):
-    # val_check_interval counts micro-batches: val_every_n_steps * accumulate_grad_batches.
     OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+# Inheritune's default target depth is half the reference's: ${idiv:${model.n_layer},2}.
+if not OmegaConf.has_resolver("idiv"):
+    OmegaConf.register_new_resolver("idiv", lambda a, b: a // b)
 
 
 def compose(overrides: list[str] | None = None):

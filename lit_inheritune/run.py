@@ -8,24 +8,132 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lit_inheritune.model import GPT
+from lit_inheritune.surgery import check_same_family, gpt_from_checkpoint, grow, inherit_blocks
 from lit_inheritune.training.lm import CausalLM
-from lit_inheritune.training.runner import ConfigError, check_schedule, fit_stage
+from lit_inheritune.training.optim import OptimConfig
+from lit_inheritune.training.runner import ConfigError, check_schedule, fit_stage, write_json_atomic
 
 
 def _meta(cfg: DictConfig, stage: str) -> dict:
     return {"experiment": cfg.name, "method": cfg.method.name, "seed": int(cfg.seed), "stage": stage}
 
 
+def _optim(cfg: DictConfig, max_steps: int) -> OptimConfig:
+    """A fresh schedule for a stage of `max_steps` steps (each stage restarts warmup and cosine)."""
+    return instantiate(cfg.optim, decay_steps=max_steps)
+
+
 def run_scratch(cfg: DictConfig) -> list[dict]:
     """A randomly initialised model, trained once: the reference and the scratch baselines."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = CausalLM.from_config(instantiate(cfg.model), instantiate(cfg.optim), _meta(cfg, "scratch"))
+    module = CausalLM.from_config(instantiate(cfg.model), _optim(cfg, cfg.train.max_steps), _meta(cfg, "scratch"))
     datamodule = instantiate(cfg.data)
     return [fit_stage(cfg, module, datamodule, Path(cfg.run_dir), stage="scratch")]
 
 
+def reference_dir(cfg: DictConfig) -> Path:
+    """Where the sweep's shared reference lives: one per (experiment, depth, steps, seed)."""
+    steps = cfg.method.reference.max_steps
+    return Path(cfg.paths.log_dir) / cfg.name / f"reference-L{cfg.model.n_layer}-T{steps}-s{cfg.seed}"
+
+
+def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
+    """The trained reference model and its result (None for a given checkpoint, whose val loss is
+    measured on this experiment's val windows by the caller)."""
+    ref_cfg = cfg.method.reference
+    if ref_cfg.ckpt:
+        reference = gpt_from_checkpoint(ref_cfg.ckpt)
+        check_same_family(instantiate(cfg.model), reference.config, what=f"reference checkpoint {ref_cfg.ckpt}")
+        return reference, None
+    steps = int(ref_cfg.max_steps)
+    if steps % cfg.train.val_every_n_steps:
+        raise ConfigError(f"method.reference.max_steps={steps} is not a multiple of train.val_every_n_steps")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = CausalLM.from_config(instantiate(cfg.model), _optim(cfg, steps), _meta(cfg, "reference"))
+    result = fit_stage(cfg, module, datamodule, reference_dir(cfg), stage="reference", max_steps=steps)
+    return gpt_from_checkpoint(result["last_checkpoint"]), result
+
+
+def _validate_inheritune(cfg: DictConfig) -> None:
+    m, k = cfg.method, cfg.model.n_layer
+    n = len(m.blocks) if m.blocks else m.n_layer
+    if not 1 <= n <= k:
+        raise ConfigError(f"method.n_layer={n}: cannot inherit {n} layers from a {k}-layer reference")
+    if m.blocks and not all(0 <= b < k for b in m.blocks):
+        raise ConfigError(f"method.blocks={list(m.blocks)} names blocks outside the {k}-layer reference")
+    if m.max_layers > k:
+        raise ConfigError(f"method.max_layers={m.max_layers} exceeds the reference's {k} layers")
+    if m.grow_mode not in ("append", "reinherit"):
+        raise ConfigError(f"method.grow_mode must be 'append' or 'reinherit', got {m.grow_mode!r}")
+
+
+def run_inheritune(cfg: DictConfig) -> list[dict]:
+    """Algorithm 1: inherit, train, and grow until the target matches the reference's val loss."""
+    m = cfg.method
+    _validate_inheritune(cfg)
+    datamodule = instantiate(cfg.data)
+    reference, ref_result = obtain_reference(cfg, datamodule)
+    if ref_result is None:
+        ref_result = _measure(cfg, reference, datamodule)
+    inherit_kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f)
+    results, target, rnd = [], None, 0
+    n_layer = len(m.blocks) if m.blocks else int(m.n_layer)
+    while True:
+        L.seed_everything(cfg.seed + rnd, workers=True, verbose=False)
+        stage = f"round{rnd + 1}-L{n_layer}"
+        if target is None:
+            blocks = list(m.blocks) if m.blocks else None
+            target = inherit_blocks(reference, n_layer=None if blocks else n_layer, blocks=blocks, **inherit_kwargs)
+        else:
+            target = grow(target, reference, n_new=n_layer - target.config.n_layer, mode=m.grow_mode,
+                          **inherit_kwargs)
+        module = CausalLM(target, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage))
+        result = fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage)
+        result["reference_val_loss"] = ref_result["val_loss"]
+        result["matched"] = result["val_loss"] <= ref_result["val_loss"] + m.tolerance
+        results.append(result)
+        print(f"[{cfg.name}] {stage}: val loss {result['val_loss']:.4f} vs reference "
+              f"{ref_result['val_loss']:.4f}: {'matched' if result['matched'] else 'not matched'}", flush=True)
+        if result["matched"] or m.blocks or n_layer + m.grow_by > m.max_layers:
+            break
+        target = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
+        n_layer += m.grow_by
+        rnd += 1
+    write_stage_table(cfg, ref_result, results)
+    return results
+
+
+def _measure(cfg: DictConfig, model: GPT, datamodule) -> dict:
+    """Val loss of a given model on this experiment's val windows (no training)."""
+    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    module = CausalLM(model, _optim(cfg, 1))
+    val_loss = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/loss"]
+    return {"stage": "reference", "n_layer": model.config.n_layer, "params": model.num_params(),
+            "steps": None, "tokens": None, "val_loss": float(val_loss)}
+
+
+def write_stage_table(cfg: DictConfig, ref: dict, results: list[dict]) -> str:
+    rows = [("reference", ref, "")] + [(r["stage"], r, "yes" if r["matched"] else "no") for r in results]
+    lines = ["| stage | layers | params | steps | tokens | val loss | reference val loss | matched |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r, matched in rows:
+        steps = "" if r.get("steps") is None else r["steps"]
+        tokens = "" if r.get("tokens") is None else f"{r['tokens'] / 1e6:.2f}M"
+        lines.append(f"| {name} | {r['n_layer']} | {r['params'] / 1e6:.2f}M | {steps} | {tokens} | "
+                     f"{r['val_loss']:.4f} | {ref['val_loss']:.4f} | {matched} |")
+    table = "\n".join(lines) + "\n"
+    run_dir = Path(cfg.run_dir)
+    (run_dir / "stages.md").write_text(table)
+    write_json_atomic(run_dir / "stages.json", {"reference": ref, "stages": results})
+    print(table, flush=True)
+    return table
+
+
 METHODS = {
     "scratch": run_scratch,
+    "inheritune": run_inheritune,
 }
 
 
@@ -44,6 +152,5 @@ def run(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"unknown method {cfg.method.name!r}; known: {sorted(METHODS)}")
     check_schedule(cfg)
     results = METHODS[cfg.method.name](cfg)
-    for result in results:
-        print(summary_line(cfg, result), flush=True)
+    print(summary_line(cfg, results[-1]), flush=True)
     return results

@@ -41,11 +41,13 @@ def check_schedule(cfg: DictConfig) -> None:
         )
 
 
-def _loggers(cfg: DictConfig, stage_dir: Path) -> list:
+def _loggers(cfg: DictConfig, stage_dir: Path, stage: str) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides = {"save_dir": str(stage_dir)}
         if name == "wandb":
+            overrides["name"] = f"{cfg.run_name}/{stage}"
+            overrides["tags"] = [*logger_cfg.get("tags", []), stage]
             if logger_cfg.get("offline") is None:
                 overrides["offline"] = not os.environ.get("WANDB_API_KEY")
         loggers.append(instantiate(logger_cfg, **overrides))
@@ -86,7 +88,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         trainer_overrides["max_steps"] = max_steps
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        logger=_loggers(cfg, stage_dir) or False,
+        logger=_loggers(cfg, stage_dir, stage) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(stage_dir),

@@ -1,0 +1,81 @@
+"""Algorithm 1 end to end on the fixture corpus: reference, inherit, grow, resume between stages."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from lit_inheritune.config import compose
+from lit_inheritune.run import reference_dir, run
+from lit_inheritune.surgery import gpt_from_checkpoint
+from lit_inheritune.training import runner
+from lit_inheritune.training.runner import ConfigError
+
+
+def _cfg(tmp_path, data_dir, *extra):
+    return compose([*TINY, "method=inheritune", "model.n_layer=4", "method.n_layer=2", "method.grow_by=1",
+                    "method.max_layers=3", "method.tolerance=-100", "train.max_steps=20",
+                    "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}", f"data.data_dir={data_dir}",
+                    *extra])
+
+
+class _CrashInStage(runner.L.Callback):
+    def __init__(self, stage):
+        self.stage = stage
+
+    def on_train_start(self, trainer, pl_module):
+        if pl_module.hparams["meta"]["stage"] == self.stage:
+            raise RuntimeError("simulated kill")
+
+
+def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fixture_data_dir, monkeypatch):
+    cfg = _cfg(tmp_path, fixture_data_dir)
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda c, d: [*original(c, d), _CrashInStage("round2-L3")])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
+    monkeypatch.setattr(runner, "_callbacks", original)
+    run_dir = Path(cfg.run_dir)
+    ref_result = reference_dir(cfg) / "result.json"
+    round1 = run_dir / "round1-L2" / "result.json"
+    assert ref_result.exists() and round1.exists()
+    stamps = (ref_result.stat().st_mtime_ns, round1.stat().st_mtime_ns)
+
+    # The round-1 target is the reference's first two blocks, trained.
+    reference = gpt_from_checkpoint(json.loads(ref_result.read_text())["last_checkpoint"])
+    assert reference.config.n_layer == 4
+
+    results = run(_cfg(tmp_path, fixture_data_dir, "resume=true"))
+    assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"]
+    assert [r["n_layer"] for r in results] == [2, 3]
+    assert (ref_result.stat().st_mtime_ns, round1.stat().st_mtime_ns) == stamps  # neither trained again
+    assert all(r["steps"] == 20 and not r["matched"] for r in results)
+    table = (run_dir / "stages.md").read_text()
+    assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
+
+    # reinherit: round 2 started from a fresh copy of reference blocks 0..2. Its block 2 moved from the
+    # reference's during training, but the run's first-round target was trained separately.
+    grown = gpt_from_checkpoint(results[1]["last_checkpoint"])
+    assert grown.config.n_layer == 3
+    assert not torch.equal(grown.transformer.h[2].mlp.c_fc.weight, reference.transformer.h[2].mlp.c_fc.weight)
+
+
+def test_inheritune_stops_when_matched(tmp_path, fixture_data_dir):
+    results = run(_cfg(tmp_path, fixture_data_dir, "method.tolerance=100"))
+    assert len(results) == 1 and results[0]["matched"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.n_layer=5", "cannot inherit 5 layers from a 4-layer reference"),
+        ("method.blocks=[1,4]", "outside the 4-layer reference"),
+        ("method.max_layers=6", "exceeds the reference's 4 layers"),
+    ],
+)
+def test_bad_inheritune_requests_fail_before_training(tmp_path, fixture_data_dir, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(_cfg(tmp_path, fixture_data_dir, override))
+    assert not (tmp_path / "outputs").exists()
