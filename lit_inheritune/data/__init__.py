@@ -1,0 +1,1 @@
+"""Data: document sources, tokenization into nanoGPT-style token shards, and loading them back."""
