@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -65,3 +67,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+class RankConsistencyCheck(L.Callback):
+    """At the end of a fit, every rank hashes its weights; ranks that disagree stop the run.
+
+    Surgery between stages happens on every rank independently, so this is the check that they all
+    built the same model. The digests are written to `<dirpath>/weights_digest.json`.
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        h = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).to(pl_module.device)
+        every = trainer.strategy.all_gather(mine).reshape(-1, mine.numel())
+        digests = [bytes(row.tolist()).hex() for row in every.cpu()]
+        if trainer.is_global_zero and self.dirpath:
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+            (Path(self.dirpath) / "weights_digest.json").write_text(json.dumps({"ranks": digests}, indent=2))
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks hold different weights after training: {digests}")

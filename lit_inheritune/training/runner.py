@@ -58,6 +58,8 @@ def _callbacks(cfg: DictConfig, stage_dir: Path) -> list[L.Callback]:
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         overrides = {"dirpath": str(stage_dir / "checkpoints")} if name == "checkpoint" else {}
+        if name == "weights_check":
+            overrides = {"dirpath": str(stage_dir)}
         callbacks.append(instantiate(cb_cfg, **overrides))
     if not any(isinstance(c, SpeedMonitor) for c in callbacks):
         callbacks.append(SpeedMonitor())
