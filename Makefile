@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check lit_inheritune tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/throughput.py --out experiments/results/benchmarks/throughput.json
 
 clean:
 	rm -rf $(VENV) outputs multirun
