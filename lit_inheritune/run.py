@@ -33,9 +33,10 @@ def run_scratch(cfg: DictConfig) -> list[dict]:
 
 
 def reference_dir(cfg: DictConfig) -> Path:
-    """Where the sweep's shared reference lives: one per (experiment, depth, steps, seed)."""
+    """The reference is the experiment's scratch run of the reference's depth and steps, so a sweep over n
+    trains it once, and `method=scratch` of that size (Table 1's full-model row) is the same run."""
     steps = cfg.method.reference.max_steps
-    return Path(cfg.paths.log_dir) / cfg.name / f"reference-L{cfg.model.n_layer}-T{steps}-s{cfg.seed}"
+    return Path(cfg.paths.log_dir) / cfg.name / f"scratch-L{cfg.model.n_layer}-T{steps}-s{cfg.seed}"
 
 
 def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:

@@ -79,3 +79,27 @@ def test_bad_inheritune_requests_fail_before_training(tmp_path, fixture_data_dir
     with pytest.raises(ConfigError, match=message):
         run(_cfg(tmp_path, fixture_data_dir, override))
     assert not (tmp_path / "outputs").exists()
+
+
+def test_reference_is_the_scratch_run_of_reference_depth(tmp_path, fixture_data_dir):
+    """Table 1's full-model scratch row and Inheritune's reference are one run, trained once."""
+    scratch = compose([*TINY, "model.n_layer=4", "train.max_steps=20", "train.val_every_n_steps=10",
+                       f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}"])
+    [ref] = run(scratch)
+    stamp = (Path(scratch.run_dir) / "result.json").stat().st_mtime_ns
+    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100")
+    assert reference_dir(cfg) == Path(scratch.run_dir)
+    run(cfg)
+    assert (Path(scratch.run_dir) / "result.json").stat().st_mtime_ns == stamp
+    stages = json.loads((Path(cfg.run_dir) / "stages.json").read_text())
+    assert stages["reference"]["val_loss"] == ref["val_loss"]
+
+
+def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixture_data_dir):
+    wide = compose([*TINY, "model.n_layer=4", "model.n_embd=64", "train.max_steps=10", "train.val_every_n_steps=10",
+                    f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=wide"])
+    [ref] = run(wide)
+    from lit_inheritune.surgery import SurgeryError
+
+    with pytest.raises(SurgeryError, match="n_embd"):
+        run(_cfg(tmp_path, fixture_data_dir, f"method.reference.ckpt={ref['last_checkpoint']}"))

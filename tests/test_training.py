@@ -122,7 +122,7 @@ def test_cli_multirun_over_seeds(tmp_path, fixture_data_dir):
     lines = [line for line in out.stdout.splitlines() if line.startswith("[cli] scratch")]
     assert len(lines) == 2, out.stdout
     for seed in (1, 2):
-        assert (tmp_path / "outputs" / "cli" / f"scratch-L2-s{seed}" / "result.json").exists()
+        assert (tmp_path / "outputs" / "cli" / f"scratch-L2-T10-s{seed}" / "result.json").exists()
 
 
 def test_wandb_offline_run_is_grouped_by_experiment(tmp_path, fixture_data_dir):
