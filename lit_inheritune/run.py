@@ -24,19 +24,27 @@ def _optim(cfg: DictConfig, max_steps: int) -> OptimConfig:
     return instantiate(cfg.optim, decay_steps=max_steps)
 
 
+def scratch_dir(cfg: DictConfig, n_layer: int, steps: int) -> Path:
+    """Where `method=scratch` with this depth and step count runs (its tag), so other methods can share it."""
+    return Path(cfg.paths.log_dir) / cfg.name / f"scratch-L{n_layer}-T{steps}-s{cfg.seed}"
+
+
+def train_scratch(cfg: DictConfig, datamodule, n_layer: int, steps: int, stage: str = "scratch") -> dict:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model_cfg = instantiate(cfg.model, n_layer=n_layer)
+    module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage))
+    return fit_stage(cfg, module, datamodule, scratch_dir(cfg, n_layer, steps), stage=stage, max_steps=steps)
+
+
 def run_scratch(cfg: DictConfig) -> list[dict]:
     """A randomly initialised model, trained once: the reference and the scratch baselines."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = CausalLM.from_config(instantiate(cfg.model), _optim(cfg, cfg.train.max_steps), _meta(cfg, "scratch"))
-    datamodule = instantiate(cfg.data)
-    return [fit_stage(cfg, module, datamodule, Path(cfg.run_dir), stage="scratch")]
+    return [train_scratch(cfg, instantiate(cfg.data), cfg.model.n_layer, cfg.train.max_steps)]
 
 
 def reference_dir(cfg: DictConfig) -> Path:
     """The reference is the experiment's scratch run of the reference's depth and steps, so a sweep over n
     trains it once, and `method=scratch` of that size (Table 1's full-model row) is the same run."""
-    steps = cfg.method.reference.max_steps
-    return Path(cfg.paths.log_dir) / cfg.name / f"scratch-L{cfg.model.n_layer}-T{steps}-s{cfg.seed}"
+    return scratch_dir(cfg, cfg.model.n_layer, cfg.method.reference.max_steps)
 
 
 def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
@@ -48,11 +56,7 @@ def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
         check_same_family(instantiate(cfg.model), reference.config, what=f"reference checkpoint {ref_cfg.ckpt}")
         return reference, None
     steps = int(ref_cfg.max_steps)
-    if steps % cfg.train.val_every_n_steps:
-        raise ConfigError(f"method.reference.max_steps={steps} is not a multiple of train.val_every_n_steps")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = CausalLM.from_config(instantiate(cfg.model), _optim(cfg, steps), _meta(cfg, "reference"))
-    result = fit_stage(cfg, module, datamodule, reference_dir(cfg), stage="reference", max_steps=steps)
+    result = train_scratch(cfg, datamodule, cfg.model.n_layer, steps, stage="reference")
     return gpt_from_checkpoint(result["last_checkpoint"]), result
 
 
@@ -65,6 +69,10 @@ def _validate_inheritune(cfg: DictConfig) -> None:
         raise ConfigError(f"method.blocks={list(m.blocks)} names blocks outside the {k}-layer reference")
     if m.max_layers > k:
         raise ConfigError(f"method.max_layers={m.max_layers} exceeds the reference's {k} layers")
+    for steps in [m.reference.max_steps, *(m.scratch_baselines or [])]:
+        if steps % cfg.train.val_every_n_steps:
+            raise ConfigError(f"{steps} steps (reference or scratch baseline) is not a multiple of "
+                              f"train.val_every_n_steps={cfg.train.val_every_n_steps}")
     if m.grow_mode not in ("append", "reinherit"):
         raise ConfigError(f"method.grow_mode must be 'append' or 'reinherit', got {m.grow_mode!r}")
 
@@ -101,8 +109,14 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
         target = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
         n_layer += m.grow_by
         rnd += 1
-    write_stage_table(cfg, ref_result, results)
-    return results
+    baselines = []
+    for steps in m.scratch_baselines or []:  # same-size random init, e.g. [T, 2T] as in Table 1
+        baseline = train_scratch(cfg, datamodule, n_layer, int(steps), stage=f"scratch-L{n_layer}-T{steps}")
+        baseline["reference_val_loss"] = ref_result["val_loss"]
+        baseline["matched"] = baseline["val_loss"] <= ref_result["val_loss"] + m.tolerance
+        baselines.append(baseline)
+    write_stage_table(cfg, ref_result, results + baselines)
+    return results + baselines
 
 
 def _measure(cfg: DictConfig, model: GPT, datamodule) -> dict:
@@ -140,7 +154,7 @@ METHODS = {
 
 def summary_line(cfg: DictConfig, result: dict) -> str:
     return (
-        f"[{cfg.name}] {cfg.method.name} {result['n_layer']}L ({result['params'] / 1e6:.2f}M params): "
+        f"[{cfg.name}] {result['stage']} {result['n_layer']}L ({result['params'] / 1e6:.2f}M params): "
         f"val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.1f}) after {result['steps']} steps, "
         f"{result['tokens'] / 1e6:.2f}M tokens, {result['tokens_per_sec']:.0f} tok/s, "
         f"{result['wall_seconds'] / 60:.1f} min | checkpoint {result['last_checkpoint']} | "
@@ -153,5 +167,6 @@ def run(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"unknown method {cfg.method.name!r}; known: {sorted(METHODS)}")
     check_schedule(cfg)
     results = METHODS[cfg.method.name](cfg)
-    print(summary_line(cfg, results[-1]), flush=True)
+    for result in results:
+        print(summary_line(cfg, result), flush=True)
     return results

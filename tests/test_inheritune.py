@@ -8,7 +8,7 @@ import torch
 from conftest import TINY
 
 from lit_inheritune.config import compose
-from lit_inheritune.run import reference_dir, run
+from lit_inheritune.run import reference_dir, run, scratch_dir
 from lit_inheritune.surgery import gpt_from_checkpoint
 from lit_inheritune.training import runner
 from lit_inheritune.training.runner import ConfigError
@@ -62,9 +62,15 @@ def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fix
     assert not torch.equal(grown.transformer.h[2].mlp.c_fc.weight, reference.transformer.h[2].mlp.c_fc.weight)
 
 
-def test_inheritune_stops_when_matched(tmp_path, fixture_data_dir):
-    results = run(_cfg(tmp_path, fixture_data_dir, "method.tolerance=100"))
-    assert len(results) == 1 and results[0]["matched"]
+def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir):
+    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "method.scratch_baselines=[20,40]")
+    results = run(cfg)
+    assert [r["stage"] for r in results] == ["round1-L2", "scratch-L2-T20", "scratch-L2-T40"]
+    assert results[0]["matched"]
+    assert [r["steps"] for r in results[1:]] == [20, 40]
+    assert all(r["n_layer"] == 2 for r in results)
+    assert (scratch_dir(cfg, 2, 40) / "result.json").exists()
+    assert "| scratch-L2-T40 | 2 |" in (Path(cfg.run_dir) / "stages.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -73,6 +79,7 @@ def test_inheritune_stops_when_matched(tmp_path, fixture_data_dir):
         ("method.n_layer=5", "cannot inherit 5 layers from a 4-layer reference"),
         ("method.blocks=[1,4]", "outside the 4-layer reference"),
         ("method.max_layers=6", "exceeds the reference's 4 layers"),
+        ("method.scratch_baselines=[15]", "15 steps"),
     ],
 )
 def test_bad_inheritune_requests_fail_before_training(tmp_path, fixture_data_dir, override, message):
