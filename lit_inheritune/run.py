@@ -98,9 +98,7 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
             target = grow(target, reference, n_new=n_layer - target.config.n_layer, mode=m.grow_mode,
                           **inherit_kwargs)
         module = CausalLM(target, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage))
-        result = fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage)
-        result["reference_val_loss"] = ref_result["val_loss"]
-        result["matched"] = result["val_loss"] <= ref_result["val_loss"] + m.tolerance
+        result = _judge(fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage), ref_result, m)
         results.append(result)
         print(f"[{cfg.name}] {stage}: val loss {result['val_loss']:.4f} vs reference "
               f"{ref_result['val_loss']:.4f}: {'matched' if result['matched'] else 'not matched'}", flush=True)
@@ -109,14 +107,16 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
         target = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
         n_layer += m.grow_by
         rnd += 1
-    baselines = []
-    for steps in m.scratch_baselines or []:  # same-size random init, e.g. [T, 2T] as in Table 1
-        baseline = train_scratch(cfg, datamodule, n_layer, int(steps), stage=f"scratch-L{n_layer}-T{steps}")
-        baseline["reference_val_loss"] = ref_result["val_loss"]
-        baseline["matched"] = baseline["val_loss"] <= ref_result["val_loss"] + m.tolerance
-        baselines.append(baseline)
+    baselines = [  # same-size random init, e.g. [T, 2T] as in Table 1
+        _judge(train_scratch(cfg, datamodule, n_layer, int(steps), stage=f"scratch-L{n_layer}-T{steps}"), ref_result, m)
+        for steps in m.scratch_baselines or []
+    ]
     write_stage_table(cfg, ref_result, results + baselines)
     return results + baselines
+
+
+def _judge(result: dict, ref: dict, m: DictConfig) -> dict:
+    return {**result, "reference_val_loss": ref["val_loss"], "matched": result["val_loss"] <= ref["val_loss"] + m.tolerance}
 
 
 def _measure(cfg: DictConfig, model: GPT, datamodule) -> dict:
@@ -142,7 +142,6 @@ def write_stage_table(cfg: DictConfig, ref: dict, results: list[dict]) -> str:
     run_dir = Path(cfg.run_dir)
     (run_dir / "stages.md").write_text(table)
     write_json_atomic(run_dir / "stages.json", {"reference": ref, "stages": results})
-    print(table, flush=True)
     return table
 
 
@@ -169,4 +168,12 @@ def run(cfg: DictConfig) -> list[dict]:
     results = METHODS[cfg.method.name](cfg)
     for result in results:
         print(summary_line(cfg, result), flush=True)
+    table = Path(cfg.run_dir) / "stages.md"
+    if "reference_val_loss" in results[-1] and table.exists():
+        rounds = [r for r in results if r["stage"].startswith("round")]
+        final = rounds[-1]
+        print("\n" + table.read_text(), flush=True)
+        print(f"[{cfg.name}] Inheritune {final['n_layer']}L {'matched' if final['matched'] else 'did not match'} "
+              f"the reference (val loss {final['val_loss']:.4f} vs {final['reference_val_loss']:.4f}) after "
+              f"{len(rounds)} round(s) | table {table}", flush=True)
     return results
