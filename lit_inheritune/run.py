@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -161,6 +163,33 @@ def summary_line(cfg: DictConfig, result: dict) -> str:
     )
 
 
+def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
+    """Attention analysis (PAPER.md section 5) of a finished run's final checkpoints, written to
+    <run dir>/analysis and, when W&B logging is configured, logged as images to the experiment's group."""
+    from lit_inheritune.analysis import analyze_checkpoint
+
+    stages = Path(cfg.run_dir) / "stages.json"
+    if stages.exists():  # Inheritune: the reference beside every trained stage
+        data = json.loads(stages.read_text())
+        results = [data["reference"], *data["stages"]]
+    label = lambda r: r["stage"] if "-L" in r["stage"] else f"{r['stage']}-L{r['n_layer']}"
+    ckpts = {label(r): r["last_checkpoint"] for r in results if r.get("last_checkpoint")}
+    out_dir = Path(cfg.run_dir) / "analysis"
+    a = cfg.analysis
+    analyze_checkpoint(ckpts, data_dir=cfg.data.data_dir, out_dir=out_dir, n_seq=a.n_seq,
+                       seq_len=min(a.seq_len, cfg.model.block_size), taus=list(a.taus), eta=a.eta, seed=a.seed)
+    if "wandb" in (cfg.get("logger") or {}):
+        import wandb
+
+        w = cfg.logger.wandb
+        mode = "online" if os.environ.get("WANDB_API_KEY") and w.get("offline") is not True else "offline"
+        with wandb.init(project=w.project, group=w.group, job_type="analysis", name=f"{cfg.run_name}/analysis",
+                        dir=str(out_dir), mode=mode) as wb:
+            wb.log({p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))})
+    print(f"[{cfg.name}] attention analysis: {out_dir / 'max_rank.md'}", flush=True)
+    return out_dir
+
+
 def run(cfg: DictConfig) -> list[dict]:
     if cfg.method.name not in METHODS:
         raise ConfigError(f"unknown method {cfg.method.name!r}; known: {sorted(METHODS)}")
@@ -176,4 +205,6 @@ def run(cfg: DictConfig) -> list[dict]:
         print(f"[{cfg.name}] Inheritune {final['n_layer']}L {'matched' if final['matched'] else 'did not match'} "
               f"the reference (val loss {final['val_loss']:.4f} vs {final['reference_val_loss']:.4f}) after "
               f"{len(rounds)} round(s) | table {table}", flush=True)
+    if cfg.get("analyze"):
+        analyze_run(cfg, results)
     return results

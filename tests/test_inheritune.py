@@ -110,3 +110,12 @@ def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixtur
 
     with pytest.raises(SurgeryError, match="n_embd"):
         run(_cfg(tmp_path, fixture_data_dir, f"method.reference.ckpt={ref['last_checkpoint']}"))
+
+
+def test_analyze_true_analyses_reference_and_stages(tmp_path, fixture_data_dir):
+    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "analyze=true", "analysis.n_seq=4")
+    run(cfg)
+    out = Path(cfg.run_dir) / "analysis"
+    report = json.loads((out / "analysis.json").read_text())
+    assert set(report["reports"]) == {"reference-L4", "round1-L2"}
+    assert (out / "max_rank.png").stat().st_size > 1000
