@@ -16,6 +16,20 @@ if not OmegaConf.has_resolver("idiv"):
     OmegaConf.register_new_resolver("idiv", lambda a, b: a // b)
 
 
+def _source_tag(n_layer, blocks) -> str:
+    """Run-name part naming which reference blocks a target inherits: n6 (first six) or b4-7 / b0_2_5."""
+    if not blocks:
+        return f"n{n_layer}"
+    blocks = [int(b) for b in blocks]
+    if blocks == list(range(blocks[0], blocks[-1] + 1)):
+        return f"b{blocks[0]}-{blocks[-1]}"
+    return "b" + "_".join(map(str, blocks))
+
+
+if not OmegaConf.has_resolver("source_tag"):
+    OmegaConf.register_new_resolver("source_tag", _source_tag)
+
+
 def compose(overrides: list[str] | None = None):
     """The config `python -m lit_inheritune <overrides>` would run, without starting a job."""
     from hydra import compose as hydra_compose
