@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default: auto)")
     parser.add_argument("--skip-single-tau", action="store_true", help="time only the four-tau run")
+    parser.add_argument("--precision", nargs="+", default=["32", "bf16"], help="forward precisions to time")
     parser.add_argument("--out", type=Path, default=None, help="write the timings as JSON here")
     args = parser.parse_args()
 
@@ -43,10 +44,11 @@ def main() -> None:
 
     timings = {}
     runs = {"four_taus": DEFAULT_TAUS} if args.skip_single_tau else {"tau_0.9": (0.9,), "four_taus": DEFAULT_TAUS}
-    for name, taus in runs.items():
+    runs = {f"{name}_{p}": (taus, p) for name, taus in runs.items() for p in args.precision}
+    for name, (taus, precision) in runs.items():
         start = time.perf_counter()
         report = measure_attention(model, val_tokens, n_seq=args.n_seq, seq_len=args.seq_len, taus=taus,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, precision=precision)
         timings[name] = time.perf_counter() - start
         print(f"{name}: {timings[name]:.1f} s for {args.n_seq} x {args.seq_len} tokens, "
               f"{args.n_layer} layers x {args.n_head} heads (MaxRank layer 0: {report['max_rank'][0]:.2f})")

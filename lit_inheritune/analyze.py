@@ -61,6 +61,7 @@ def main(cfg: DictConfig) -> dict:
             strings=list(cfg.strings) if cfg.strings else None,
             grad_batch_size=cfg.grad_batch_size,
             batch_size=cfg.batch_size,
+            precision=str(cfg.precision),
         )
     except AnalysisError as e:
         raise SystemExit(f"error: {e}") from None

@@ -242,3 +242,30 @@ def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
     missing = run_cli(f"ckpt={tmp_path / 'nope.ckpt'}", f"data_dir={fixture_data_dir}")
     assert missing.returncode != 0 and "error: checkpoint file(s) not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_approx_rank_equals_the_singular_value_definition_on_random_attention():
+    """The Gram-eigenvalue path gives the k* that singular values of A give, per PAPER.md's definition."""
+    torch.manual_seed(0)
+    T = 50
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    logits = torch.randn(40, 4, T, T) * torch.linspace(0.1, 6.0, 40).view(-1, 1, 1, 1)  # flat .. peaked
+    attn = logits.masked_fill(~causal, float("-inf")).softmax(-1)
+    s2 = torch.linalg.svdvals(attn.double()).square()
+    fraction = s2.cumsum(-1) / s2.sum(-1, keepdim=True)
+    for tau in (0.8, 0.9, 0.95):
+        expected = (fraction < tau).sum(-1) + 1
+        assert torch.equal(approx_rank(attn, tau), expected)
+
+
+def test_bf16_forward_agrees_with_fp32_and_leaves_autocast_off():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=32, vocab_size=64))
+    tokens = np.random.default_rng(0).integers(0, 64, size=5000).astype(np.uint16)
+    exact = measure_attention(model, tokens, n_seq=8, seq_len=32)
+    fast = measure_attention(model, tokens, n_seq=8, seq_len=32, precision="bf16")
+    assert not torch.is_autocast_enabled("cpu")
+    assert fast["precision"] == "bf16"
+    assert np.allclose(exact["max_rank"], fast["max_rank"], atol=0.5)
+    with pytest.raises(AnalysisError, match="precision"):
+        measure_attention(model, tokens, n_seq=2, seq_len=8, precision="fp8")
