@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lit_inheritune.model import GPT
+from lit_inheritune.provenance import provenance
 from lit_inheritune.surgery import check_same_family, gpt_from_checkpoint, grow, inherit_blocks
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
@@ -141,9 +142,11 @@ def write_stage_table(cfg: DictConfig, ref: dict, results: list[dict]) -> str:
         lines.append(f"| {name} | {r['n_layer']} | {r['params'] / 1e6:.2f}M | {steps} | {tokens} | "
                      f"{r['val_loss']:.4f} | {ref['val_loss']:.4f} | {matched} |")
     table = "\n".join(lines) + "\n"
+    prov = {**provenance(), "seed": int(cfg.seed), "experiment": cfg.name}
+    header = "".join(f"- {k}: `{v}`\n" for k, v in prov.items())
     run_dir = Path(cfg.run_dir)
-    (run_dir / "stages.md").write_text(table)
-    write_json_atomic(run_dir / "stages.json", {"reference": ref, "stages": results})
+    (run_dir / "stages.md").write_text(f"{header}\n{table}")
+    write_json_atomic(run_dir / "stages.json", {"reference": ref, "stages": results, "provenance": prov})
     return table
 
 
@@ -201,7 +204,7 @@ def run(cfg: DictConfig) -> list[dict]:
     if "reference_val_loss" in results[-1] and table.exists():
         rounds = [r for r in results if r["stage"].startswith("round")]
         final = rounds[-1]
-        print("\n" + table.read_text(), flush=True)
+        print("\n" + table.read_text().split("\n\n", 1)[-1], flush=True)
         print(f"[{cfg.name}] Inheritune {final['n_layer']}L {'matched' if final['matched'] else 'did not match'} "
               f"the reference (val loss {final['val_loss']:.4f} vs {final['reference_val_loss']:.4f}) after "
               f"{len(rounds)} round(s) | table {table}", flush=True)

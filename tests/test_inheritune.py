@@ -70,7 +70,8 @@ def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, f
     assert [r["steps"] for r in results[1:]] == [20, 40]
     assert all(r["n_layer"] == 2 for r in results)
     assert (scratch_dir(cfg, 2, 40) / "result.json").exists()
-    assert "| scratch-L2-T40 | 2 |" in (Path(cfg.run_dir) / "stages.md").read_text()
+    stages_md = (Path(cfg.run_dir) / "stages.md").read_text()
+    assert "| scratch-L2-T40 | 2 |" in stages_md and "- commit: `" in stages_md and "- seed: `1`" in stages_md
 
 
 @pytest.mark.parametrize(
