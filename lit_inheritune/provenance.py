@@ -39,9 +39,20 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
+def _command_line() -> str:
+    """This process's command line, as a person would type it (`python -m pkg.mod` for package modules)."""
+    argv = list(sys.argv)
+    script = Path(argv[0]).resolve() if argv and argv[0] else None
+    package = Path(__file__).resolve().parent
+    if script and script.suffix == ".py" and package in script.parents:
+        module = ".".join(script.relative_to(package.parent).with_suffix("").parts)
+        argv = ["-m", module.removesuffix(".__main__"), *argv[1:]]
+    return shlex.join(["python", *argv])
+
+
 def provenance(command: str | None = None) -> dict:
     return {
-        "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": command or _command_line(),
         "commit": git_commit(),
         "hardware": hardware(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

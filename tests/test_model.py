@@ -110,3 +110,4 @@ def test_config_errors_are_clear():
         GPTConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="block_size"):
         GPT(_tiny())(torch.zeros(1, 9, dtype=torch.long))
+
