@@ -1,5 +1,6 @@
 from pathlib import Path
 
+
 def test_provenance_names_package_modules_as_python_dash_m(monkeypatch):
     import lit_inheritune
     from lit_inheritune.provenance import provenance
