@@ -129,3 +129,53 @@ def gpt_from_checkpoint(path, map_location="cpu") -> GPT:
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
         raise SurgeryError(f"{path} does not match its GPT config: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def stack_blocks(model: GPT, times: int = 2) -> GPT:
+    """Stacking (Gong et al. 2019): a model `times` as deep whose blocks repeat the trained ones in order,
+    e.g. blocks 0..m-1 copied into m..2m-1. Embeddings and the final norm are kept."""
+    if times < 2:
+        raise SurgeryError(f"stacking needs times >= 2, got {times}")
+    stacked = copy.deepcopy(model)
+    originals = list(model.transformer.h)
+    for _ in range(times - 1):
+        for block in originals:
+            stacked.transformer.h.append(copy.deepcopy(block))
+    return renumber_blocks(stacked)
+
+
+def hybrid_stack(reference: GPT, n_source: int, n_layer: int, **inherit_kwargs) -> GPT:
+    """Hybrid stacking: reference blocks 0..n_source-1 repeated in order to fill n_layer blocks."""
+    if not 1 <= n_source <= n_layer:
+        raise SurgeryError(f"hybrid stacking needs 1 <= n_source <= n_layer, got {n_source} and {n_layer}")
+    return inherit_blocks(reference, blocks=[i % n_source for i in range(n_layer)], **inherit_kwargs)
+
+
+@torch.no_grad()
+def half_width(reference: GPT) -> GPT:
+    """The reference at full depth with half the width and half the heads, initialised from its first half
+    of heads and MLP units. The paper leaves the slicing open; this project's choice (PAPER.md section 4):
+
+    - attention: q, k and v rows of heads 0..H/2-1 (head_dim unchanged) and input columns 0..d/2-1;
+      c_proj[:d/2, :d/2] (output features 0..d/2-1, inputs from the kept heads);
+    - MLP: c_fc[:2d, :d/2] (the first 2d = 4 * d/2 hidden units), c_proj[:d/2, :2d];
+    - embeddings (token, position, so the tied head too)[:, :d/2]; every norm weight[:d/2].
+    """
+    cfg = reference.config
+    C, H = cfg.n_embd, cfg.n_head
+    if H % 2 or C % 2:
+        raise SurgeryError(f"half width needs an even number of heads and width, got n_head={H}, n_embd={C}")
+    c = C // 2
+    small = GPT(GPTConfig(**{**cfg.to_dict(), "n_embd": c, "n_head": H // 2}))
+    small.transformer.wte.weight.copy_(reference.transformer.wte.weight[:, :c])
+    small.transformer.wpe.weight.copy_(reference.transformer.wpe.weight[:, :c])
+    small.transformer.ln_f.weight.copy_(reference.transformer.ln_f.weight[:c])
+    for dst, src in zip(small.transformer.h, reference.transformer.h):
+        w = src.attn.c_attn.weight  # (3C, C): rows [q; k; v], head h at rows h*D..(h+1)*D of each
+        dst.attn.c_attn.weight.copy_(torch.cat([w[i * C : i * C + c, :c] for i in range(3)]))
+        dst.attn.c_proj.weight.copy_(src.attn.c_proj.weight[:c, :c])
+        dst.mlp.c_fc.weight.copy_(src.mlp.c_fc.weight[: 4 * c, :c])
+        dst.mlp.c_proj.weight.copy_(src.mlp.c_proj.weight[:c, : 4 * c])
+        dst.ln_1.weight.copy_(src.ln_1.weight[:c])
+        dst.ln_2.weight.copy_(src.ln_2.weight[:c])
+    return small

@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from lit_inheritune.model import GPT, GPTConfig
-from lit_inheritune.surgery import BLOCK_PARTS, SurgeryError, gpt_from_checkpoint, grow, inherit_blocks
+from lit_inheritune.surgery import (
+    BLOCK_PARTS,
+    SurgeryError,
+    gpt_from_checkpoint,
+    grow,
+    half_width,
+    hybrid_stack,
+    inherit_blocks,
+    stack_blocks,
+)
 
 
 def _ref(n_layer=6, **kw):
@@ -120,3 +129,49 @@ def test_checkpoint_of_something_else_is_rejected(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
     with pytest.raises(SurgeryError, match="not a lit_inheritune GPT checkpoint"):
         gpt_from_checkpoint(path)
+
+
+def test_stack_blocks_repeats_trained_blocks_in_order():
+    small = _ref(n_layer=2)
+    stacked = stack_blocks(small)
+    assert stacked.config.n_layer == 4 and small.config.n_layer == 2
+    assert [b.layer_idx for b in stacked.transformer.h] == [0, 1, 2, 3]
+    for i in range(4):
+        assert _same(stacked.transformer.h[i], small.transformer.h[i % 2])
+    for name in ("wte", "wpe", "ln_f"):
+        assert _same(getattr(stacked.transformer, name), getattr(small.transformer, name))
+    assert stacked.transformer.h[2] is not stacked.transformer.h[0]
+
+
+def test_hybrid_stack_fills_depth_with_the_first_reference_blocks():
+    ref = _ref(n_layer=8)
+    tgt = hybrid_stack(ref, n_source=2, n_layer=4)
+    for i, src in enumerate([0, 1, 0, 1]):
+        assert _same(tgt.transformer.h[i], ref.transformer.h[src])
+    assert torch.equal(tgt.transformer.wte.weight, ref.transformer.wte.weight)
+    with pytest.raises(SurgeryError, match="n_source"):
+        hybrid_stack(ref, n_source=5, n_layer=4)
+
+
+def test_half_width_takes_the_documented_slices():
+    ref = _ref(n_layer=2, n_head=4, n_embd=16)
+    small = half_width(ref)
+    C, c, D = 16, 8, 4
+    assert (small.config.n_embd, small.config.n_head, small.config.n_layer) == (8, 2, 2)
+    assert small.config.head_dim == ref.config.head_dim == D
+    assert torch.equal(small.transformer.wte.weight, ref.transformer.wte.weight[:, :c])
+    assert small.lm_head.weight is small.transformer.wte.weight
+    assert torch.equal(small.transformer.wpe.weight, ref.transformer.wpe.weight[:, :c])
+    for s, r in zip(small.transformer.h, ref.transformer.h):
+        q, k, v = s.attn.c_attn.weight.split(c, dim=0)
+        rq, rk, rv = r.attn.c_attn.weight.split(C, dim=0)
+        for part, ref_part in ((q, rq), (k, rk), (v, rv)):
+            # heads 0 and 1 of the reference: rows 0..2*D-1, the first c input features
+            assert torch.equal(part, ref_part[: 2 * D, :c])
+        assert torch.equal(s.attn.c_proj.weight, r.attn.c_proj.weight[:c, :c])
+        assert torch.equal(s.mlp.c_fc.weight, r.mlp.c_fc.weight[: 4 * c, :c])
+        assert torch.equal(s.mlp.c_proj.weight, r.mlp.c_proj.weight[:c, : 4 * c])
+        assert torch.equal(s.ln_1.weight, r.ln_1.weight[:c])
+    small(torch.randint(0, 64, (1, 8)))  # and it runs
+    with pytest.raises(SurgeryError, match="even number of heads"):
+        half_width(_ref(n_layer=2, n_head=1, n_embd=16))
