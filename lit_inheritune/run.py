@@ -12,7 +12,15 @@ from omegaconf import DictConfig
 
 from lit_inheritune.model import GPT
 from lit_inheritune.provenance import provenance
-from lit_inheritune.surgery import check_same_family, gpt_from_checkpoint, grow, inherit_blocks
+from lit_inheritune.surgery import (
+    check_same_family,
+    gpt_from_checkpoint,
+    grow,
+    half_width,
+    hybrid_stack,
+    inherit_blocks,
+    stack_blocks,
+)
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
 from lit_inheritune.training.runner import ConfigError, check_schedule, fit_stage, write_json_atomic
@@ -100,8 +108,7 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
         else:
             target = grow(target, reference, n_new=n_layer - target.config.n_layer, mode=m.grow_mode,
                           **inherit_kwargs)
-        module = CausalLM(target, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage))
-        result = _judge(fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage), ref_result, m)
+        result = _judge(_train_from(cfg, datamodule, target, stage), ref_result, m)
         results.append(result)
         print(f"[{cfg.name}] {stage}: val loss {result['val_loss']:.4f} vs reference "
               f"{ref_result['val_loss']:.4f}: {'matched' if result['matched'] else 'not matched'}", flush=True)
@@ -150,9 +157,54 @@ def write_stage_table(cfg: DictConfig, ref: dict, results: list[dict]) -> str:
     return table
 
 
+def _train_from(cfg: DictConfig, datamodule, model: GPT, stage: str) -> dict:
+    """Train an initialised model for train.max_steps in <run dir>/<stage>, with a fresh schedule."""
+    module = CausalLM(model, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage))
+    return fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage)
+
+
+def run_stacking(cfg: DictConfig) -> list[dict]:
+    """Stacking: train an n/2-layer model from scratch for T steps (the scratch run of that size), copy its
+    blocks 0..n/2-1 into n/2..n-1 and train T more steps. `model` is the reference; n = method.n_layer."""
+    n = int(cfg.method.n_layer)
+    if n % 2 or not 2 <= n <= cfg.model.n_layer:
+        raise ConfigError(f"stacking needs an even method.n_layer <= {cfg.model.n_layer}, got {n}")
+    datamodule = instantiate(cfg.data)
+    first = train_scratch(cfg, datamodule, n // 2, cfg.train.max_steps, stage=f"stage1-L{n // 2}")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    stacked = stack_blocks(gpt_from_checkpoint(first["last_checkpoint"]))
+    return [first, _train_from(cfg, datamodule, stacked, f"stage2-L{n}")]
+
+
+def run_hybrid_stacking(cfg: DictConfig) -> list[dict]:
+    """Hybrid stacking: reference blocks 0..n/2-1 repeated to fill n blocks, trained T steps."""
+    n = int(cfg.method.n_layer)
+    if not 2 <= n <= cfg.model.n_layer:
+        raise ConfigError(f"hybrid stacking needs 2 <= method.n_layer <= {cfg.model.n_layer}, got {n}")
+    datamodule = instantiate(cfg.data)
+    reference, _ = obtain_reference(cfg, datamodule)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return [_train_from(cfg, datamodule, hybrid_stack(reference, n_source=n // 2, n_layer=n), f"hybrid-L{n}")]
+
+
+def run_half_width(cfg: DictConfig) -> list[dict]:
+    """Half width: the reference's depth at half its width and heads, sliced from it, trained T steps."""
+    if cfg.model.n_head % 2 or cfg.model.n_embd % 2:
+        raise ConfigError(f"half width needs even heads and width, got n_head={cfg.model.n_head}, "
+                          f"n_embd={cfg.model.n_embd} (the paper's XLarge has 25 heads and no half-width row)")
+    datamodule = instantiate(cfg.data)
+    reference, _ = obtain_reference(cfg, datamodule)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = half_width(reference)
+    return [_train_from(cfg, datamodule, model, f"halfwidth-L{model.config.n_layer}-d{model.config.n_embd}")]
+
+
 METHODS = {
     "scratch": run_scratch,
     "inheritune": run_inheritune,
+    "stacking": run_stacking,
+    "hybrid_stacking": run_hybrid_stacking,
+    "half_width": run_half_width,
 }
 
 
