@@ -199,12 +199,47 @@ def run_half_width(cfg: DictConfig) -> list[dict]:
     return [_train_from(cfg, datamodule, model, f"halfwidth-L{model.config.n_layer}-d{model.config.n_embd}")]
 
 
+def distilbert_blocks(n_teacher: int, n_student: int) -> list[int]:
+    """Teacher blocks a DistilBERT-style student starts from: every other block (0, 2, 4, ...), then, for
+    students deeper than half the teacher, the blocks just before the last two (the paper's 16L student of
+    a 24L teacher: 0, 2, ..., 22, then 18..21)."""
+    evens = list(range(0, n_teacher, 2))[:n_student]
+    extra = n_student - len(evens)
+    return evens + list(range(n_teacher - 2 - extra, n_teacher - 2))
+
+
+def run_kd(cfg: DictConfig) -> list[dict]:
+    """Logit distillation (`kd`: random-init student) or DistilBERT-style (`distilbert_kd`: student blocks
+    copied from teacher blocks, with the token embedding) from the reference as a frozen teacher."""
+    from lit_inheritune.training.distill import DistillationLM
+
+    m, k = cfg.method, cfg.model.n_layer
+    n = int(m.n_layer)
+    blocks = None
+    if m.name == "distilbert_kd":
+        blocks = list(m.student_blocks) if m.student_blocks else distilbert_blocks(k, n)
+        missing = [b for b in blocks if not 0 <= b < k]
+        if len(blocks) != n or missing:
+            raise ConfigError(f"method.student_blocks={blocks} must list {n} blocks of the {k}-layer teacher"
+                              + (f"; {missing} do not exist" if missing else ""))
+    datamodule = instantiate(cfg.data)
+    teacher, _ = obtain_reference(cfg, datamodule)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    student = inherit_blocks(teacher, blocks=blocks) if blocks else GPT(instantiate(cfg.model, n_layer=n))
+    stage = f"student-L{n}"
+    module = DistillationLM(student, teacher, _optim(cfg, cfg.train.max_steps), alpha=m.alpha,
+                            temperature=m.temperature, meta=_meta(cfg, stage))
+    return [fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage)]
+
+
 METHODS = {
     "scratch": run_scratch,
     "inheritune": run_inheritune,
     "stacking": run_stacking,
     "hybrid_stacking": run_hybrid_stacking,
     "half_width": run_half_width,
+    "kd": run_kd,
+    "distilbert_kd": run_kd,
 }
 
 

@@ -46,3 +46,26 @@ def test_bad_baseline_requests_fail_before_training(tmp_path, fixture_data_dir, 
     with pytest.raises(ConfigError, match=message):
         run(_cfg(tmp_path, fixture_data_dir, method, override))
     assert not (tmp_path / "outputs").exists()
+
+
+def test_distilbert_default_mapping_is_the_papers_for_medium():
+    from lit_inheritune.run import distilbert_blocks
+
+    assert distilbert_blocks(24, 16) == [*range(0, 24, 2), 18, 19, 20, 21]
+    assert distilbert_blocks(24, 12) == list(range(0, 24, 2))
+    assert distilbert_blocks(8, 6) == [0, 2, 4, 6, 4, 5]
+
+
+@pytest.mark.parametrize("method", ["kd", "distilbert_kd"])
+def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, method):
+    [result] = run(_cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2"))
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    assert gpt_from_checkpoint(result["last_checkpoint"]).config.n_layer == 2
+    assert result["stage"] == "student-L2"
+
+
+def test_distilbert_mapping_naming_a_missing_teacher_block_is_a_clear_error(tmp_path, fixture_data_dir):
+    with pytest.raises(ConfigError, match=r"\[7\] do not exist"):
+        run(_cfg(tmp_path, fixture_data_dir, "distilbert_kd", "method.n_layer=2", "method.student_blocks=[0,7]"))
+    assert not (tmp_path / "outputs").exists()
