@@ -153,12 +153,9 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
 
-    def num_params(self, exclude_embeddings: bool = False) -> int:
+    def num_params(self) -> int:
         """Parameter count; the tied head is counted once."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
-        return n
+        return sum(p.numel() for p in self.parameters())
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attn: bool = False

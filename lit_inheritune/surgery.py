@@ -67,7 +67,6 @@ def inherit_blocks(
     parts: str = "block",
     copy_wpe: bool = False,
     copy_ln_f: bool = False,
-    copy_wte: bool = True,
 ) -> GPT:
     """A model of `len(blocks)` layers (default: the first `n_layer` reference blocks) whose block i is a
     copy of the chosen `parts` of reference block `blocks[i]`; everything else is freshly initialised as
@@ -87,8 +86,7 @@ def inherit_blocks(
 
     config = GPTConfig(**{**reference.config.to_dict(), "n_layer": len(blocks)})
     target = GPT(config).to(reference.transformer.wte.weight.device)
-    if copy_wte:
-        _copy_(target.transformer.wte, reference.transformer.wte)
+    _copy_(target.transformer.wte, reference.transformer.wte)
     if copy_wpe:
         _copy_(target.transformer.wpe, reference.transformer.wpe)
     if copy_ln_f:
