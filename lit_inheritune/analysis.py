@@ -94,8 +94,13 @@ def column_shares(attn: torch.Tensor) -> torch.Tensor:
 def column_mass(attn: torch.Tensor, eta: float | Sequence[float]) -> torch.Tensor:
     """attn (..., T, T) -> m* (...) (or (n_etas, ...)): the fewest leading columns, in position order
     and unsorted as in v4's formula, holding >= eta of the squared Frobenius norm."""
+    return mass_from_shares(column_shares(attn), eta)
+
+
+def mass_from_shares(shares: torch.Tensor, eta: float | Sequence[float]) -> torch.Tensor:
+    """column_mass from precomputed column shares (..., T), for callers that also need the shares."""
     thresholds, scalar = _as_thresholds(eta)
-    m = _first_reaching(column_shares(attn).cumsum(-1), thresholds)
+    m = _first_reaching(shares.cumsum(-1), thresholds)
     return m[0] if scalar else m
 
 
@@ -186,7 +191,7 @@ def measure_attention(
                     attn = next(layers).float()  # (B, H, T, T)
                 k_sum[:, layer] += approx_rank(attn, taus).sum(1).cpu()  # (n_taus, B, H) -> (n_taus, H)
                 shares = column_shares(attn)  # (B, H, T)
-                m_sum[layer] += _first_reaching(shares.cumsum(-1), _as_thresholds(eta)[0])[0].sum(0).cpu()
+                m_sum[layer] += mass_from_shares(shares, eta).sum(0).cpu()
                 col0_sum[layer] += shares[..., 0].sum(0).cpu()
     finally:
         model.train(was_training)

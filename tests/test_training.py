@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ def test_tiny_model_loss_falls(tmp_path, fixture_data_dir):
     assert train[0] == pytest.approx(torch.log(torch.tensor(512.0)).item(), abs=0.3)  # GPT-2 init: ~uniform
     assert sum(train[-3:]) / 3 < sum(train[:3]) / 3 - 0.5
     assert result["val_loss"] == pytest.approx(val[-1])
+    ppl = [float(r["val/ppl"]) for r in rows if r.get("val/ppl")]
+    assert ppl == pytest.approx([math.exp(v) for v in val], rel=1e-5)  # the same evaluation, not the previous one
     assert result["val_loss"] < torch.log(torch.tensor(512.0)).item() - 0.7
     assert any(r.get("train/tokens_per_sec") for r in rows)
     assert any(r.get("lr-AdamW/decay") for r in rows)
@@ -129,6 +132,9 @@ def test_wandb_offline_run_is_grouped_by_experiment(tmp_path, fixture_data_dir):
     pytest.importorskip("wandb")
     cfg = _cfg(tmp_path, fixture_data_dir, "logger=default", "train.max_steps=10", "train.val_every_n_steps=10",
                "name=wb")
+    [wandb_logger] = [lg for lg in runner._loggers(cfg, Path(cfg.run_dir), "scratch") if hasattr(lg, "_wandb_init")]
+    init = wandb_logger._wandb_init
+    assert (init["group"], init["job_type"], init["name"]) == ("wb", "scratch", f"{cfg.run_name}/scratch")
+    assert wandb_logger._offline  # no WANDB_API_KEY in tests
     run(cfg)
-    meta = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))
-    assert len(meta) == 1
+    assert len(list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))) == 1

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
+from torchmetrics import MeanMetric
 
 from lit_inheritune.model import GPT, GPTConfig
 from lit_inheritune.training.optim import OptimConfig, build_optimizer
@@ -16,6 +15,7 @@ class CausalLM(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim = optim
+        self.val_loss = MeanMetric()  # not persistent: checkpoints hold only the model
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {"model": model.config.to_dict(), "optim": vars(optim).copy(), "meta": dict(meta or {})}
@@ -43,13 +43,15 @@ class CausalLM(L.LightningModule):
         x, y = batch
         loss = self.model(x, y)["loss"]
         # Every val batch has the same size, so the mean of batch means is the mean over tokens.
-        self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        self.val_loss.update(loss)
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.trainer.callback_metrics.get("val/loss")
-        if loss is not None:
-            self.log("val/ppl", math.exp(min(float(loss), 50.0)), sync_dist=False)
+        # One value from the metric (synced across ranks), so val/loss and val/ppl describe the same evaluation.
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss.clamp(max=50.0)))
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.model, self.optim)
