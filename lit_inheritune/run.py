@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.model import GPT
 from lit_inheritune.provenance import provenance
@@ -35,12 +35,19 @@ def _optim(cfg: DictConfig, max_steps: int) -> OptimConfig:
     return instantiate(cfg.optim, decay_steps=max_steps)
 
 
-def scratch_dir(cfg: DictConfig, n_layer: int, steps: int) -> Path:
-    """Where `method=scratch` with this depth and step count runs (its tag), so other methods can share it."""
-    return Path(cfg.paths.log_dir) / cfg.name / f"scratch-L{n_layer}-T{steps}-s{cfg.seed}"
+def scratch_dir(cfg: DictConfig, n_layer: int, steps: int, seed: int | None = None) -> Path:
+    """Where `method=scratch` with this depth, step count and seed runs (its tag), so other methods can share it."""
+    seed = cfg.seed if seed is None else seed
+    return Path(cfg.paths.log_dir) / cfg.name / f"scratch-L{n_layer}-T{steps}-s{seed}"
 
 
-def train_scratch(cfg: DictConfig, datamodule, n_layer: int, steps: int, stage: str = "scratch") -> dict:
+def train_scratch(cfg: DictConfig, datamodule, n_layer: int, steps: int, stage: str = "scratch",
+                  seed: int | None = None) -> dict:
+    """The scratch run of this depth, steps and seed (default: the run's); with another seed it also draws
+    that seed's batches, so the run is the same whichever sweep job trains it."""
+    if seed is not None and seed != cfg.seed:
+        cfg = OmegaConf.merge(cfg, {"seed": seed})
+        datamodule = instantiate(cfg.data, seed=seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = instantiate(cfg.model, n_layer=n_layer)
     module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage))
@@ -55,7 +62,7 @@ def run_scratch(cfg: DictConfig) -> list[dict]:
 def reference_dir(cfg: DictConfig) -> Path:
     """The reference is the experiment's scratch run of the reference's depth and steps, so a sweep over n
     trains it once, and `method=scratch` of that size (Table 1's full-model row) is the same run."""
-    return scratch_dir(cfg, cfg.model.n_layer, cfg.method.reference.max_steps)
+    return scratch_dir(cfg, cfg.model.n_layer, cfg.method.reference.max_steps, cfg.method.reference.seed)
 
 
 def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
@@ -67,7 +74,7 @@ def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
         check_same_family(instantiate(cfg.model), reference.config, what=f"reference checkpoint {ref_cfg.ckpt}")
         return reference, None
     steps = int(ref_cfg.max_steps)
-    result = train_scratch(cfg, datamodule, cfg.model.n_layer, steps, stage="reference")
+    result = train_scratch(cfg, datamodule, cfg.model.n_layer, steps, stage="reference", seed=int(ref_cfg.seed))
     return gpt_from_checkpoint(result["last_checkpoint"]), result
 
 
