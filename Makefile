@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench reproduce-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --out experiments/results/benchmarks/throughput.json
+
+# Every CPU-scale table (1, 2, 3, KD, lazy transfer), the attention analysis and the report, resumable.
+reproduce-cpu: $(STAMP)
+	PY=$(BIN)/python bash experiments/reproduce_cpu.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun

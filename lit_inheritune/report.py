@@ -7,16 +7,28 @@ Every `result.json` below the group directory is one run (or one stage of a mult
 label is its path inside the group with the seed suffix removed (`inheritune-n4-block-reinherit-s2/
 round1-L4` -> `inheritune-n4-block-reinherit/round1-L4`), so the same stage of different seeds shares a row.
 Rows named with --expect but absent show as missing; nothing is filled in.
+
+With --suite (a key of paper/suites.yaml) it also writes the paper's tables for that group: each row ours
+(mean +- std over seeds) beside the paper's number, the orderings the paper claims checked on both sides
+(holds / fails / missing), and per table a PNG of our val loss curves beside the official ones:
+
+    python -m lit_inheritune.report outputs/cpu_medium_16l --out experiments/results/cpu_medium_16l \
+        --suite cpu_medium_16l
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import statistics
 from pathlib import Path
 
+import yaml
+
+from lit_inheritune.paper import HERE as PAPER_DIR
+from lit_inheritune.paper import official_curves, published
 from lit_inheritune.provenance import provenance
 
 _SEED = re.compile(r"-s(\d+)$")
@@ -33,8 +45,19 @@ def collect(group_dir: str | Path) -> list[dict]:
             match = _SEED.search(part)
             if match:
                 seed, parts[i] = int(match.group(1)), part[: match.start()]
-        rows.append({**json.loads(path.read_text()), "label": "/".join(parts), "seed": seed})
+        rows.append({**json.loads(path.read_text()), "label": "/".join(parts), "seed": seed, "dir": str(path.parent)})
     return rows
+
+
+def val_curve(stage_dir: str | Path) -> dict[int, float]:
+    """step -> val loss from a stage's CSV log. Lightning logs a validation at the 0-based index of the last
+    training batch, so a row's step + 1 is the number of optimizer steps taken; a resumed run's repeated
+    steps keep their last value."""
+    path = Path(stage_dir) / "csv" / "metrics.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {int(r["step"]) + 1: float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
@@ -83,15 +106,170 @@ def write_report(group_dir: str | Path, out_dir: str | Path, expect: list[str] |
     return out_dir / "runs.md"
 
 
+def _paper_row(path: str) -> dict:
+    """A row of tables.yaml by dotted path, e.g. 'table1.large.3'."""
+    node = published()
+    for key in path.split("."):
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
+def _ours(row: dict, runs: list[dict]) -> list[float]:
+    """The row's val loss, one value per seed that has it (final, or read off the curve at `at_step`)."""
+    values = []
+    for run in runs:
+        if run["label"] != row["run"]:
+            continue
+        if "at_step" in row:
+            value = val_curve(run["dir"]).get(int(row["at_step"]))
+            if value is not None:
+                values.append(value)
+        else:
+            values.append(run["val_loss"])
+    return values
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "missing"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+def _verdict(lhs: float | None, op: str, rhs: float | None) -> str:
+    if lhs is None or rhs is None:
+        return "missing"
+    return "holds" if _OPS[op](lhs, rhs) else "fails"
+
+
+def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
+    """Every table of a suite as data: rows (ours per seed, paper number) and checks (verdicts both sides)."""
+    spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[suite]
+    tables = []
+    for table in spec["tables"]:
+        rows = []
+        for row in table["rows"]:
+            paper = _paper_row(row["paper"]) if row.get("paper") else None
+            values = _ours(row, runs)
+            rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
+                         "ours": values, "mean": statistics.fmean(values) if values else None,
+                         "seeds": sorted(r["seed"] for r in runs if r["label"] == row["run"]),
+                         "paper": paper})
+        by_name = {r["name"]: r for r in rows}
+        checks = []
+        for check in table.get("checks", []):
+            lhs, rhs = by_name[check["lhs"]], by_name[check["rhs"]]
+            p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
+            paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
+            checks.append({"claim": check["claim"], "ours": _verdict(lhs["mean"], check["op"], rhs["mean"]),
+                           "paper": _verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
+                           "ours_values": [lhs["mean"], rhs["mean"]],
+                           "paper_values": [paper_value(p_lhs), paper_value(p_rhs)]})
+        tables.append({"id": table["id"], "title": table["title"], "rows": rows, "checks": checks})
+    return tables
+
+
+def suite_markdown(table: dict) -> str:
+    lines = [f"## {table['title']}", "",
+             "| row | our run | seeds | val loss, ours (mean +- std) | paper row | paper val loss |",
+             "|---|---|---|---|---|---|"]
+    for row in table["rows"]:
+        run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
+        seeds = ",".join(map(str, row["seeds"])) or "-"
+        paper = row["paper"] or {}
+        paper_name = paper.get("run", "").rsplit("/", 1)[-1] or "-"
+        paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
+            "val_loss"] else f"{paper['val_loss']:.4f}"
+        lines.append(f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {paper_name} | {paper_loss} |")
+    if table["checks"]:
+        lines += ["", "| the paper's claim | ours | paper |", "|---|---|---|"]
+        for c in table["checks"]:
+            lines.append(f"| {c['claim']} | {c['ours']} | {c['paper']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
+    """Our val loss curves (mean over seeds, band = min..max) beside the paper's official curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    official = official_curves()
+    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for row in table["rows"]:
+        curves = [val_curve(r["dir"]) for r in runs if r["label"] == row["run"]]
+        curves = [c for c in curves if c]
+        if curves:
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            values = [[c[s] for c in curves] for s in steps]
+            ax_ours.plot(steps, [statistics.fmean(v) for v in values], label=f"{row['name']} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                ax_ours.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+        paper = row["paper"]
+        if paper and paper.get("run") in official:
+            points = [p for p in official[paper["run"]] if p["step"] > 0]
+            ax_paper.plot([p["step"] for p in points], [p["val_loss"] for p in points],
+                          label=paper["run"].rsplit("/", 1)[-1])
+    ax_ours.set(title="ours (CPU scale)", xlabel="step", ylabel="val loss")
+    ax_paper.set(title="paper (official curves)", xlabel="step", ylabel="val loss")
+    for ax in (ax_ours, ax_paper):
+        if ax.lines:
+            ax.legend(fontsize=7)
+            low = min(min(line.get_ydata()) for line in ax.lines)
+            ax.set_ylim(low - 0.05, low + 1.0)  # the interesting end; warmup losses would flatten it
+        ax.grid(alpha=0.3)
+    fig.suptitle(table["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command: str | None = None) -> Path:
+    """The paper's tables for a group: tables.md, tables.json and one curves PNG per table."""
+    runs = collect(group_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = suite_tables(suite, runs)
+    prov = provenance(command)
+    spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[suite]
+    trained = sorted({r["provenance"]["commit"] for r in runs if "provenance" in r})
+    unrecorded = sum("provenance" not in r for r in runs)
+    header = "".join(f"- {k}: `{v}`\n" for k, v in prov.items())
+    header += f"- runs trained at commit(s): {', '.join(f'`{c}`' for c in trained) or '-'}"
+    header += f" ({unrecorded} of {len(runs)} runs predate recording it)\n" if unrecorded else "\n"
+    wall = sum(r.get("wall_seconds", 0.0) for r in runs) / 3600
+    header += f"- wall time of all runs in the group: {wall:.2f} h\n"
+    parts = [f"# Paper tables: {suite}\n", spec["description"].strip() + "\n", header]
+    for table in tables:
+        png = plot_curves(table, runs, out_dir / f"{table['id']}_curves.png")
+        parts.append(suite_markdown(table) + f"\n![{table['id']} curves]({png.name})\n")
+    (out_dir / "tables.md").write_text("\n".join(parts))
+    (out_dir / "tables.json").write_text(json.dumps({"provenance": prov, "suite": suite, "tables": tables},
+                                                     indent=2) + "\n")
+    return out_dir / "tables.md"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("group_dir", type=Path, help="outputs/<experiment name>")
     parser.add_argument("--out", type=Path, required=True, help="where runs.md and runs.json go")
     parser.add_argument("--expect", nargs="*", default=None, help="row labels to list, in order; absent = missing")
+    parser.add_argument("--suite", default=None, help="also write the paper's tables (a key of paper/suites.yaml)")
     args = parser.parse_args(argv)
     if not args.group_dir.is_dir():
         raise SystemExit(f"error: {args.group_dir} is not a directory of runs")
+    suites = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())
+    if args.suite and args.suite not in suites:
+        raise SystemExit(f"error: unknown suite {args.suite!r}; known: {sorted(suites)}")
     print(f"wrote {write_report(args.group_dir, args.out, args.expect)}")
+    if args.suite:
+        print(f"wrote {write_suite(args.group_dir, args.out, args.suite)}")
 
 
 if __name__ == "__main__":

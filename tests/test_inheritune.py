@@ -103,6 +103,21 @@ def test_reference_is_the_scratch_run_of_reference_depth(tmp_path, fixture_data_
     assert stages["reference"]["val_loss"] == ref["val_loss"]
 
 
+def test_pinned_reference_seed_is_the_same_run_whichever_seed_trains_it(tmp_path, fixture_data_dir):
+    """method.reference.seed shares one reference across a seed sweep: the Inheritune job of seed 2 trains
+    exactly the scratch run of seed 7 (same directory, same batches, same weights)."""
+    cfg = _cfg(tmp_path / "a", fixture_data_dir, "seed=2", "method.reference.seed=7", "method.tolerance=100")
+    assert reference_dir(cfg).name.endswith("-s7")
+    run(cfg)
+    scratch = compose([*TINY, "model.n_layer=4", "train.max_steps=20", "train.val_every_n_steps=10", "seed=7",
+                       f"paths.root_dir={tmp_path / 'b'}", f"data.data_dir={fixture_data_dir}"])
+    run(scratch)
+    shared = torch.load(reference_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    alone = torch.load(Path(scratch.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert shared.keys() == alone.keys()
+    assert all(torch.equal(shared[k], alone[k]) for k in shared)
+
+
 def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixture_data_dir):
     wide = compose([*TINY, "model.n_layer=4", "model.n_embd=64", "train.max_steps=10", "train.val_every_n_steps=10",
                     f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=wide"])

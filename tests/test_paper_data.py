@@ -10,6 +10,8 @@ def _rows():
     for family, rows in tables["table1"].items():
         yield from ((f"table1/{family}", r) for r in rows)
     yield from (("table3", r) for r in tables["table3"])
+    for family, rows in tables["table2"].items():
+        yield from ((f"table2/{family}", r) for r in rows)
 
 
 def test_every_published_val_loss_is_its_official_runs_last_value_truncated():
@@ -26,4 +28,11 @@ def test_every_published_val_loss_is_its_official_runs_last_value_truncated():
         else:
             assert truncated == row["val_loss"], (where, row, at[0])
         checked += 1
-    assert checked == 18
+    assert checked == 30
+
+
+def test_kd_numbers_are_their_official_runs_at_50k_steps():
+    curves = official_curves()
+    for row in published()["kd"]:
+        [at] = [p for p in curves[row["run"]] if p["step"] == row["steps"]]
+        assert at["val_loss"] == row["val_loss"], row

@@ -28,3 +28,50 @@ def test_report_regenerates_the_table_exactly_and_shows_missing_runs(tmp_path):
     )
     md = write_report(group, tmp_path / "out", expect=None).read_text()
     assert "- commit: `" in md and "- command: `" in md and "| scratch-L8-T200 | 8 |" in md
+
+
+def _stage(group, label_with_seed, val_loss, curve=None, n_layer=4, steps=500):
+    path = group / label_with_seed
+    _result(path, val_loss, n_layer=n_layer, steps=steps)
+    if curve:  # Lightning logs a validation at the 0-based index of the last batch: step 250 -> 249
+        (path / "csv").mkdir()
+        lines = ["epoch,step,train/loss,val/loss"] + [f"0,{s - 1},,{v}" for s, v in curve.items()]
+        (path / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path):
+    from lit_inheritune.report import suite_tables, write_suite
+
+    group = tmp_path / "cpu_medium_16l"
+    _stage(group, "scratch-L8-T1000-s0", 4.60, n_layer=8, steps=1000)
+    for seed, (inh, scr_t, scr_2t) in {1: (4.50, 4.90, 4.55), 2: (4.54, 4.94, 4.65)}.items():
+        _stage(group, f"inheritune-n4-block-reinherit-s{seed}/round1-L4", inh, curve={250: inh + 0.2, 500: inh})
+        _stage(group, f"scratch-L4-T500-s{seed}", scr_t, curve={250: scr_t + 0.3, 500: scr_t})
+        _stage(group, f"scratch-L4-T1000-s{seed}", scr_2t, steps=1000)
+    _stage(group, "kd-L4-s1/student-L4", 4.60, steps=250)
+
+    tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
+    t1 = {r["name"]: r for r in tables["table1"]["rows"]}
+    assert t1["Inheritune 4L, round 1, T"]["ours"] == [4.50, 4.54]
+    assert t1["reference 8L, rand, 2T"]["paper"]["val_loss"] == 2.85
+    assert t1["Inheritune 5L, round 2, T"]["ours"] == [] and t1["Inheritune 5L, round 2, T"]["paper"] is None
+    checks = {c["claim"]: (c["ours"], c["paper"]) for c in tables["table1"]["checks"]}
+    assert checks == {
+        "premise: the deep reference beats half-depth scratch at equal steps": ("fails", "holds"),  # 4.60 vs 4.60
+        "Inheritune 4L matches the reference": ("holds", "holds"),
+        "Inheritune 4L beats scratch 4L at T": ("holds", "holds"),
+        "Inheritune 4L at T beats scratch 4L at 2T": ("holds", "holds"),
+    }
+    kd = {r["name"]: r for r in tables["kd"]["rows"]}
+    assert kd["Inheritune 4L at step T/2 of T"]["ours"] == [4.70, 4.74]  # read off the curve at step 250
+    assert kd["DistilBERT-style KD 4L, T/2"]["ours"] == []
+    kd_checks = {c["claim"]: c["ours"] for c in tables["kd"]["checks"]}
+    assert kd_checks["Inheritune beats logit KD"] == "fails" and kd_checks["Inheritune beats DistilBERT-style KD"] == "missing"
+    assert {c["paper"] for c in tables["table2"]["checks"]} == {"holds"}
+
+    md = write_suite(group, tmp_path / "out", "cpu_medium_16l").read_text()
+    assert "| Inheritune 4L, round 1, T | `inheritune-n4-block-reinherit/round1-L4` | 1,2 | 4.5200 +- 0.0283 | " \
+           "large-half-init_log | 2.80 |" in md
+    assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | missing | large_stacking_2rnd | 2.87 |" in md
+    assert "- commit: `" in md
+    assert all((tmp_path / "out" / f"{t}_curves.png").stat().st_size > 10_000 for t in ("table1", "table2", "table3", "kd"))

@@ -17,6 +17,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lit_inheritune.provenance import provenance
 from lit_inheritune.training.callbacks import AtomicCheckpointIO, SpeedMonitor
 
 
@@ -118,6 +119,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         "wall_seconds": time.time() - started,
         "last_checkpoint": str(last),
         "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else "",
+        "provenance": {**provenance(), "seed": int(cfg.seed)},
     }
     if trainer.is_global_zero:
         write_json_atomic(result_path, result)
