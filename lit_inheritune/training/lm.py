@@ -42,8 +42,9 @@ class CausalLM(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         loss = self.model(x, y)["loss"]
-        # Every val batch has the same size, so the mean of batch means is the mean over tokens.
-        self.val_loss.update(loss)
+        # Weighted by tokens, so val/loss is the mean over tokens (and val/ppl exp of it) even when the last
+        # batch is smaller (num_val_windows not a multiple of the val batch size).
+        self.val_loss.update(loss, weight=y.numel())
         return loss
 
     def on_validation_epoch_end(self) -> None:
