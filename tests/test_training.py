@@ -132,9 +132,11 @@ def test_wandb_offline_run_is_grouped_by_experiment(tmp_path, fixture_data_dir):
     pytest.importorskip("wandb")
     cfg = _cfg(tmp_path, fixture_data_dir, "logger=default", "train.max_steps=10", "train.val_every_n_steps=10",
                "name=wb")
-    [wandb_logger] = [lg for lg in runner._loggers(cfg, Path(cfg.run_dir), "scratch") if hasattr(lg, "_wandb_init")]
+    loggers = runner._loggers(cfg, Path(cfg.run_dir), "scratch", n_layer=3)
+    [wandb_logger] = [lg for lg in loggers if hasattr(lg, "_wandb_init")]
     init = wandb_logger._wandb_init
     assert (init["group"], init["job_type"], init["name"]) == ("wb", "scratch", f"{cfg.run_name}/scratch")
+    assert init["tags"] == [f"d{cfg.model.n_embd}", "seed1", "scratch", "3L", "scratch"]
     assert wandb_logger._offline  # no WANDB_API_KEY in tests
     run(cfg)
     assert len(list((Path(cfg.run_dir) / "wandb").glob("offline-run-*"))) == 1

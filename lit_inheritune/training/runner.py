@@ -42,13 +42,14 @@ def check_schedule(cfg: DictConfig) -> None:
         )
 
 
-def _loggers(cfg: DictConfig, stage_dir: Path, stage: str) -> list:
+def _loggers(cfg: DictConfig, stage_dir: Path, stage: str, n_layer: int) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides = {"save_dir": str(stage_dir)}
         if name == "wandb":
             overrides["name"] = f"{cfg.run_name}/{stage}"
-            overrides["tags"] = [*logger_cfg.get("tags", []), stage]
+            # the stage's own depth: a sweep's runs differ in it, and the config's model is the reference
+            overrides["tags"] = [*logger_cfg.get("tags", []), f"{n_layer}L", stage]
             if logger_cfg.get("offline") is None:
                 overrides["offline"] = not os.environ.get("WANDB_API_KEY")
         loggers.append(instantiate(logger_cfg, **overrides))
@@ -91,7 +92,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         trainer_overrides["max_steps"] = max_steps
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        logger=_loggers(cfg, stage_dir, stage) or False,
+        logger=_loggers(cfg, stage_dir, stage, module.model.config.n_layer) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(stage_dir),
