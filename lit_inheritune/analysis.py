@@ -123,8 +123,14 @@ def attention_per_layer(model: GPT, idx: torch.Tensor):
 
     The same computation as `model(idx, return_attn=True)["attn"]` (a test checks it) without ln_f and
     the LM head: the (B, T, V) logits cost ~15% of a GPT-2 Medium forward and are not needed, and only
-    one layer's attention is alive at a time.
+    one layer's attention is alive at a time. Hugging Face models (`hf.HFCausalLM`) go through
+    `hf.hf_attention_per_layer`.
     """
+    if not isinstance(model, GPT):
+        from lit_inheritune.hf import hf_attention_per_layer
+
+        yield from hf_attention_per_layer(model, idx)
+        return
     B, T = idx.shape
     if T > model.config.block_size:
         raise AnalysisError(f"sequences of {T} tokens exceed the model's block_size={model.config.block_size}")
@@ -140,6 +146,8 @@ def attention_per_layer(model: GPT, idx: torch.Tensor):
 
 def _auto_batch_size(model: GPT, seq_len: int) -> int:
     bytes_per_seq = model.config.n_head * seq_len * seq_len * 4
+    if not isinstance(model, GPT):  # Hugging Face models return every layer's attention at once
+        bytes_per_seq *= model.config.n_layer
     return max(1, ATTN_BYTES_BUDGET // bytes_per_seq)
 
 
@@ -245,6 +253,10 @@ def qk_grad_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict:
     stacks q, k, v along dim 0) and the attention output projection, per layer, from one
     forward/backward on (x, y) (B, T). Uses `torch.autograd.grad`, so no `.grad` is written and the
     weights, their requires_grad flags and the train/eval mode are left as they were."""
+    if not isinstance(model, GPT):
+        from lit_inheritune.hf import hf_qk_grad_norms
+
+        return hf_qk_grad_norms(model, x, y)
     C = model.config.n_embd
     qkv_weights = [block.attn.c_attn.weight for block in model.transformer.h]  # each (3C, C)
     proj_weights = [block.attn.c_proj.weight for block in model.transformer.h]  # each (C, C)

@@ -1,18 +1,21 @@
 """`python -m lit_inheritune.analyze ckpt=PATH data_dir=DIR`: attention degeneration of checkpoints.
+`python -m lit_inheritune.analyze hf=smollm2`: the same of a pretrained Hugging Face model (issue #7).
 
 Writes analysis.json, max_rank.png, max_rank.md and per-model heatmaps and attention maps to out_dir
-(default: <run dir>/analysis). See lit_inheritune/conf/analyze.yaml for the keys.
+(default: <run dir>/analysis; for hf, outputs/analysis/<model>). See lit_inheritune/conf/analyze.yaml.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lit_inheritune.analysis import AnalysisError, analyze_checkpoint
+from lit_inheritune.analysis import AnalysisError, _safe_label, analyze_checkpoint
 from lit_inheritune.config import CONFIG_DIR
+from lit_inheritune.hf import HFLoadError
 
 
 def run_dir_of(ckpt: str | Path) -> Path:
@@ -21,9 +24,39 @@ def run_dir_of(ckpt: str | Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def _default_out_dir(ckpt, ckpts) -> str:
+def _default_out_dir(ckpt, ckpts, hf=None) -> str:
+    if hf and not (ckpt or ckpts):
+        root = Path(os.environ.get("LIT_INHERITUNE_ROOT", "."))
+        return str(root / "outputs" / "analysis" / _safe_label(Path(str(hf)).name))
     first = ckpt or next(iter((ckpts or {}).values()), None)
     return str(run_dir_of(first) / "analysis") if first else "analysis"
+
+
+def hf_text_source(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """(data_dir, text) for an hf analysis: data_dir if given; else the prepared embedded corpus under
+    LIT_INHERITUNE_ROOT if there is one; else the fixture corpus shipped with the tests."""
+    if not OmegaConf.is_missing(cfg, "data_dir") and cfg.data_dir:
+        return str(cfg.data_dir), None
+    if cfg.hf_text:
+        return None, str(cfg.hf_text)
+    embedded = Path(os.environ.get("LIT_INHERITUNE_ROOT", ".")) / "data" / "embedded-bpe4096"
+    if (embedded / "manifest.json").is_file():
+        return str(embedded), None
+    fixture = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpus"
+    if fixture.is_dir():
+        return None, str(fixture)
+    raise AnalysisError("no text to analyse: pass data_dir=DIR (a prepared dataset) or hf_text=PATH (.txt files)")
+
+
+def run_hf(cfg: DictConfig) -> dict:
+    from lit_inheritune.hf import ALIASES, analyze_hf
+
+    path, gguf_file = ALIASES.get(str(cfg.hf), (str(cfg.hf), cfg.hf_gguf_file))
+    data_dir, text = hf_text_source(cfg)
+    return analyze_hf(path, cfg.out_dir, gguf_file=gguf_file or cfg.hf_gguf_file, cache_dir=cfg.hf_cache_dir,
+                      data_dir=data_dir, text=text, label=cfg.label or str(cfg.hf), n_seq=cfg.n_seq,
+                      seq_len=cfg.seq_len, taus=list(cfg.taus), eta=cfg.eta, seed=cfg.seed,
+                      near_rank1=cfg.near_rank1, batch_size=cfg.batch_size, precision=str(cfg.precision))
 
 
 if not OmegaConf.has_resolver("analysis_dir"):
@@ -45,25 +78,28 @@ def checkpoints_of(cfg: DictConfig) -> dict[str, str]:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     try:
-        if OmegaConf.is_missing(cfg, "data_dir"):
+        if cfg.get("hf"):
+            result = run_hf(cfg)
+        elif OmegaConf.is_missing(cfg, "data_dir"):
             raise AnalysisError("no data directory given: pass data_dir=DIR (a prepared dataset)")
-        result = analyze_checkpoint(
-            checkpoints_of(cfg),
-            data_dir=cfg.data_dir,
-            out_dir=cfg.out_dir,
-            n_seq=cfg.n_seq,
-            seq_len=cfg.seq_len,
-            taus=list(cfg.taus),
-            eta=cfg.eta,
-            seed=cfg.seed,
-            near_rank1=cfg.near_rank1,
-            pairs=OmegaConf.to_container(cfg.pairs) if cfg.pairs else None,
-            strings=list(cfg.strings) if cfg.strings else None,
-            grad_batch_size=cfg.grad_batch_size,
-            batch_size=cfg.batch_size,
-            precision=str(cfg.precision),
-        )
-    except AnalysisError as e:
+        else:
+            result = analyze_checkpoint(
+                checkpoints_of(cfg),
+                data_dir=cfg.data_dir,
+                out_dir=cfg.out_dir,
+                n_seq=cfg.n_seq,
+                seq_len=cfg.seq_len,
+                taus=list(cfg.taus),
+                eta=cfg.eta,
+                seed=cfg.seed,
+                near_rank1=cfg.near_rank1,
+                pairs=OmegaConf.to_container(cfg.pairs) if cfg.pairs else None,
+                strings=list(cfg.strings) if cfg.strings else None,
+                grad_batch_size=cfg.grad_batch_size,
+                batch_size=cfg.batch_size,
+                precision=str(cfg.precision),
+            )
+    except (AnalysisError, HFLoadError) as e:
         raise SystemExit(f"error: {e}") from None
     for label, report in result["reports"].items():
         print(f"{label}: lazy layers {report['lazy_layers']} (tau={report['primary_tau']}), "

@@ -25,6 +25,14 @@ from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
 from lit_inheritune.training.runner import ConfigError, check_schedule, fit_stage, write_json_atomic
 
+HF_MODEL = "lit_inheritune.hf.HFModelSpec"
+HF_METHODS = ("inheritune", "scratch")  # what model=hf (a pretrained Hugging Face reference) supports
+
+
+def _is_hf(cfg: DictConfig) -> bool:
+    """`model=hf`: the reference is a pretrained Hugging Face model (lit_inheritune/hf.py), not our GPT."""
+    return cfg.model.get("_target_") == HF_MODEL
+
 
 def _meta(cfg: DictConfig, stage: str) -> dict:
     return {"experiment": cfg.name, "method": cfg.method.name, "seed": int(cfg.seed), "stage": stage}
@@ -50,7 +58,10 @@ def train_scratch(cfg: DictConfig, datamodule, n_layer: int, steps: int, stage: 
         datamodule = instantiate(cfg.data, seed=seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = instantiate(cfg.model, n_layer=n_layer)
-    module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage))
+    if _is_hf(cfg):  # a random-init model of the reference's architecture
+        module = CausalLM(model_cfg.random(), _optim(cfg, steps), _meta(cfg, stage))
+    else:
+        module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage))
     return fit_stage(cfg, module, datamodule, scratch_dir(cfg, n_layer, steps), stage=stage, max_steps=steps)
 
 
@@ -73,6 +84,8 @@ def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
         reference = gpt_from_checkpoint(ref_cfg.ckpt)
         check_same_family(instantiate(cfg.model), reference.config, what=f"reference checkpoint {ref_cfg.ckpt}")
         return reference, None
+    if _is_hf(cfg):  # a pretrained model: loaded, never trained here
+        return instantiate(cfg.model).load(), None
     steps = int(ref_cfg.max_steps)
     result = train_scratch(cfg, datamodule, cfg.model.n_layer, steps, stage="reference", seed=int(ref_cfg.seed))
     return gpt_from_checkpoint(result["last_checkpoint"]), result
@@ -93,6 +106,24 @@ def _validate_inheritune(cfg: DictConfig) -> None:
                               f"train.val_every_n_steps={cfg.train.val_every_n_steps}")
     if m.grow_mode not in ("append", "reinherit"):
         raise ConfigError(f"method.grow_mode must be 'append' or 'reinherit', got {m.grow_mode!r}")
+    if _is_hf(cfg) and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
+        raise ConfigError("a Hugging Face reference is inherited as the official lit-gpt code did (whole layers, "
+                          "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
+                          "and method.copy_ln_f=true")
+
+
+def _surgery(cfg: DictConfig):
+    """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)) for the configured model: surgery.py
+    for our GPT, hf.py for Hugging Face models (whose targets train in float32 whatever the reference's dtype)."""
+    m = cfg.method
+    if _is_hf(cfg):
+        from lit_inheritune.hf import grow_hf, inherit_hf_layers
+
+        return (lambda ref, n, blocks: inherit_hf_layers(ref, n_layer=n, blocks=blocks).float(),
+                lambda tgt, ref, n_new: grow_hf(tgt, ref, n_new=n_new, mode=m.grow_mode).float())
+    kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f)
+    return (lambda ref, n, blocks: inherit_blocks(ref, n_layer=n, blocks=blocks, **kwargs),
+            lambda tgt, ref, n_new: grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
 
 
 def run_inheritune(cfg: DictConfig) -> list[dict]:
@@ -103,7 +134,7 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
     reference, ref_result = obtain_reference(cfg, datamodule)
     if ref_result is None:
         ref_result = _measure(cfg, reference, datamodule)
-    inherit_kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f)
+    inherit, grow_target = _surgery(cfg)
     results, target, rnd = [], None, 0
     n_layer = len(m.blocks) if m.blocks else int(m.n_layer)
     while True:
@@ -111,10 +142,9 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
         stage = f"round{rnd + 1}-L{n_layer}"
         if target is None:
             blocks = list(m.blocks) if m.blocks else None
-            target = inherit_blocks(reference, n_layer=None if blocks else n_layer, blocks=blocks, **inherit_kwargs)
+            target = inherit(reference, None if blocks else n_layer, blocks)
         else:
-            target = grow(target, reference, n_new=n_layer - target.config.n_layer, mode=m.grow_mode,
-                          **inherit_kwargs)
+            target = grow_target(target, reference, n_layer - target.config.n_layer)
         result = _judge(_train_from(cfg, datamodule, target, stage), ref_result, m)
         results.append(result)
         print(f"[{cfg.name}] {stage}: val loss {result['val_loss']:.4f} vs reference "
@@ -290,6 +320,9 @@ def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
 def run(cfg: DictConfig) -> list[dict]:
     if cfg.method.name not in METHODS:
         raise ConfigError(f"unknown method {cfg.method.name!r}; known: {sorted(METHODS)}")
+    if _is_hf(cfg) and cfg.method.name not in HF_METHODS:
+        raise ConfigError(f"method {cfg.method.name!r} supports our GPT models only; with model=hf use one of "
+                          f"{list(HF_METHODS)}")
     check_schedule(cfg)
     results = METHODS[cfg.method.name](cfg)
     for result in results:

@@ -116,13 +116,18 @@ def grow(target: GPT, reference: GPT, n_new: int = 2, mode: str = "append", **in
 
 
 def gpt_from_checkpoint(path, map_location="cpu") -> GPT:
-    """The GPT inside one of our Lightning checkpoints (loaded with weights_only=True)."""
+    """The GPT inside one of our Lightning checkpoints (loaded with weights_only=True), or the
+    `hf.HFCausalLM` when the checkpoint records a Hugging Face config (issue #7)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     hparams = ckpt.get("hyper_parameters") or {}
     if "model" not in hparams or "state_dict" not in ckpt:
         raise SurgeryError(f"{path} is not a lit_inheritune GPT checkpoint (no model hyperparameters)")
-    model = GPT(GPTConfig(**hparams["model"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if hparams["model"].get("kind") == "hf":
+        from lit_inheritune.hf import hf_from_hparams
+
+        return hf_from_hparams(hparams["model"], state)
+    model = GPT(GPTConfig(**hparams["model"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
         raise SurgeryError(f"{path} does not match its GPT config: missing {missing}, unexpected {unexpected}")

@@ -193,7 +193,8 @@ def load_bpe(path: Path) -> BPETokenizer:
 
 
 def load_tokenizer(spec: dict, data_dir: Path | None = None) -> Tokenizer:
-    """Inverse of `Tokenizer.spec()`. A BPE spec is resolved to `data_dir/tokenizer.json`, checked by sha256."""
+    """Inverse of `Tokenizer.spec()`. A BPE spec is resolved to `data_dir/tokenizer.json`, checked by sha256; an
+    `hf` spec names a Hugging Face model's tokenizer (a local dir, a hub id or a GGUF file)."""
     kind = spec.get("kind")
     if kind == "gpt2":
         return gpt2_tokenizer()
@@ -216,4 +217,8 @@ def load_tokenizer(spec: dict, data_dir: Path | None = None) -> Tokenizer:
         if "vocab_size" in spec and tokenizer.vocab_size != spec["vocab_size"]:
             raise TokenizerError(f"{path} has vocab_size {tokenizer.vocab_size}, the spec says {spec['vocab_size']}")
         return tokenizer
-    raise TokenizerError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected 'gpt2' or 'bpe'")
+    if kind == "hf":  # a Hugging Face model's own tokenizer (lit_inheritune/hf.py)
+        from lit_inheritune.hf import hf_data_tokenizer
+
+        return hf_data_tokenizer(spec)
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected 'gpt2', 'bpe' or 'hf'")

