@@ -499,12 +499,15 @@ def write_markdown(reports: Mapping[str, dict], path: str | Path, prov: dict) ->
                 cells += ["", "", ""]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     lines += ["", "| model | lazy layers (tau " + " / ".join(first["per_tau"]) + ") | lazy in last half "
-              "| floor(mean MaxRank) of last half == 1 |", "|---|---|---:|:---:|"]
+              "| floor(mean MaxRank) of last half == 1 | near-rank-1 heads (Rank <= "
+              f"{first['near_rank1']:g}; tau " + " / ".join(first["per_tau"]) + ") |", "|---|---|---:|:---:|---|"]
     for label, r in reports.items():
         per_tau = " / ".join(str(len(v["lazy_layers"])) for v in r["per_tau"].values())
         half = r["last_half"]
+        heads = r["n_layer"] * r["n_head"]
+        near = " / ".join(str(sum(v["near_rank1_heads"])) for v in r["per_tau"].values())
         lines.append(f"| {label} | {per_tau} | {half['n_lazy']} of {len(half['layers'])} "
-                     f"| {'yes' if half['group_lazy'] else 'no'} |")
+                     f"| {'yes' if half['group_lazy'] else 'no'} | {near} of {heads} |")
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -226,6 +226,9 @@ def test_cli_end_to_end(tmp_path, fixture_data_dir):
         assert (out / name).stat().st_size > 1000, name
     table = (out / "max_rank.md").read_text()
     assert "- commit:" in table and "- hardware:" in table and "| vanilla-s1 MaxRank |" in table
+    inh = result["reports"]["inheritune"]
+    near = " / ".join(str(sum(v["near_rank1_heads"])) for v in inh["per_tau"].values())
+    assert f"| {near} of {2 * inh['n_head']} |" in table  # near-rank-1 heads per tau, of all heads
 
 
 def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
