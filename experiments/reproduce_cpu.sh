@@ -35,4 +35,4 @@ run -m experiment=cpu_lazy_transfer 'method.blocks=[0,1,2,3],[4,5,6,7],[8,9,10,1
 run experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=1
 "$PY" -m lit_inheritune.analyze data_dir="$DATA" out_dir="$RESULTS"/cpu_lazy_transfer/analysis \
     +ckpts.reference_12L="$OUT"/cpu_lazy_transfer/scratch-L12-T1000-s0/checkpoints/last.ckpt
-"$PY" -m lit_inheritune.report "$OUT"/cpu_lazy_transfer --out "$RESULTS"/cpu_lazy_transfer
+"$PY" -m lit_inheritune.report "$OUT"/cpu_lazy_transfer --out "$RESULTS"/cpu_lazy_transfer --suite cpu_lazy_transfer

@@ -158,6 +158,9 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
                          "ours": values, "mean": statistics.fmean(values) if values else None,
                          "seeds": sorted(r["seed"] for r in runs if r["label"] == row["run"]),
+                         "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
+                                                  if r["label"] == row["run"] and "config_sha256" in r.get(
+                                                      "provenance", {})}),
                          "paper": paper})
         by_name = {r["name"]: r for r in rows}
         checks = []
@@ -181,7 +184,7 @@ def suite_markdown(table: dict) -> str:
         run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
         seeds = ",".join(map(str, row["seeds"])) or "-"
         paper = row["paper"] or {}
-        paper_name = paper.get("run", "").rsplit("/", 1)[-1] or "-"
+        paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
         paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
             "val_loss"] else f"{paper['val_loss']:.4f}"
         lines.append(f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {paper_name} | {paper_loss} |")

@@ -1,6 +1,7 @@
 """End-to-end training on the fixture corpus: loss falls, runs resume exactly, bad input fails early."""
 
 import csv
+import hashlib
 import json
 import math
 import subprocess
@@ -44,6 +45,9 @@ def test_tiny_model_loss_falls(tmp_path, fixture_data_dir):
     assert any(r.get("lr-AdamW/decay") for r in rows)
     saved = json.loads((Path(cfg.run_dir) / "result.json").read_text())
     assert saved["val_loss"] == result["val_loss"]
+    config = (Path(cfg.run_dir) / "config.yaml").read_bytes()
+    assert saved["provenance"]["config_sha256"] == hashlib.sha256(config).hexdigest()[:16]
+    assert saved["provenance"]["seed"] == cfg.seed and saved["provenance"]["commit"]
 
 
 class _CrashAt(runner.L.Callback):

@@ -7,6 +7,7 @@ so rerunning a killed multi-stage job with resume=true picks up at the stage and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -84,6 +85,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         )
     stage_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, stage_dir / "config.yaml", resolve=True)
+    config_sha256 = hashlib.sha256((stage_dir / "config.yaml").read_bytes()).hexdigest()[:16]
 
     callbacks = _callbacks(cfg, stage_dir)
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
@@ -120,7 +122,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         "wall_seconds": time.time() - started,
         "last_checkpoint": str(last),
         "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else "",
-        "provenance": {**provenance(), "seed": int(cfg.seed)},
+        "provenance": {**provenance(), "seed": int(cfg.seed), "config_sha256": config_sha256},
     }
     if trainer.is_global_zero:
         write_json_atomic(result_path, result)
