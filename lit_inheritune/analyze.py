@@ -16,12 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_inheritune.analysis import AnalysisError, _safe_label, analyze_checkpoint
 from lit_inheritune.config import CONFIG_DIR
 from lit_inheritune.hf import HFLoadError
-
-
-def run_dir_of(ckpt: str | Path) -> Path:
-    """A checkpoint at <run dir>/checkpoints/last.ckpt belongs to <run dir>; any other to its folder."""
-    parent = Path(ckpt).parent
-    return parent.parent if parent.name == "checkpoints" else parent
+from lit_inheritune.runs import run_dir_of
 
 
 def _default_out_dir(ckpt, ckpts, hf=None) -> str:

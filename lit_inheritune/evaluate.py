@@ -154,34 +154,14 @@ class GPTLM(TemplateLM):
 
 
 def resolve_tokenizer(ckpt: str | Path, tokenizer: str = "auto", data_dir: str | Path | None = None) -> Tokenizer:
-    """The tokenizer the checkpoint was trained with: "gpt2"; a `tokenizers` JSON file; or "auto", the one in
-    the manifest of `data_dir` (default: data.data_dir of the config.yaml the runner saved beside the
-    checkpoint's checkpoints/ folder). Never touches the network."""
-    from lit_inheritune.analyze import run_dir_of
-    from lit_inheritune.data.prepare import MANIFEST_FILE
-    from lit_inheritune.tokenizer import TokenizerError, gpt2_tokenizer, load_bpe, load_tokenizer
+    """The tokenizer the checkpoint was trained with (`runs.checkpoint_tokenizer`); never touches the network."""
+    from lit_inheritune.runs import checkpoint_tokenizer
+    from lit_inheritune.tokenizer import TokenizerError
 
-    hint = "pass data_dir=DIR (the prepared dataset), tokenizer=gpt2 or tokenizer=PATH/tokenizer.json"
-    choice = str(tokenizer or "auto")
     try:
-        if choice == "gpt2":
-            return gpt2_tokenizer()
-        if choice != "auto":
-            return load_bpe(Path(choice))
-        if data_dir is None:
-            run_config = run_dir_of(ckpt) / "config.yaml"
-            if not run_config.is_file():
-                raise EvaluationError(f"no data_dir given and no run config {run_config} to find it in; {hint}")
-            data_dir = OmegaConf.select(OmegaConf.load(run_config), "data.data_dir")
-            if not data_dir:
-                raise EvaluationError(f"{run_config} names no data.data_dir; {hint}")
-        manifest_path = Path(data_dir) / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise EvaluationError(f"{manifest_path} does not exist, so the model's tokenizer is unknown; {hint}")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        return load_tokenizer(manifest["tokenizer"], Path(data_dir))
+        return checkpoint_tokenizer(ckpt, tokenizer, data_dir)
     except TokenizerError as e:
-        raise EvaluationError(f"{e}; {hint}") from None
+        raise EvaluationError(str(e)) from None
 
 
 def task_manager(task_names: Sequence[str], include_path: str | Sequence[str] | None = None):
@@ -280,7 +260,7 @@ def evaluate_checkpoint(
 
 
 def _default_out_dir(ckpt) -> str:
-    from lit_inheritune.analyze import run_dir_of
+    from lit_inheritune.runs import run_dir_of
 
     return str(run_dir_of(ckpt) / "eval") if ckpt else "eval"
 

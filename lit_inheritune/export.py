@@ -181,43 +181,17 @@ def _update_json(path: Path, **values) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def run_dir_of(ckpt: str | Path) -> Path:
-    """A checkpoint at <run dir>/checkpoints/last.ckpt belongs to <run dir>; any other to its folder."""
-    parent = Path(ckpt).parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
 def resolve_tokenizer(tokenizer: str | None, data_dir: str | Path | None, ckpt: str | Path) -> Tokenizer | None:
-    """The tokenizer to export: "none"; "gpt2"; a `tokenizers` JSON file; or "auto", the tokenizer in the
-    manifest of `data_dir` (default: `data.data_dir` of the config.yaml in the checkpoint's run directory)."""
-    from lit_inheritune.data.prepare import MANIFEST_FILE
-    from lit_inheritune.tokenizer import TokenizerError, gpt2_tokenizer, load_bpe, load_tokenizer
+    """The tokenizer to export: "none", or the checkpoint's (`runs.checkpoint_tokenizer`: auto, gpt2, a JSON)."""
+    from lit_inheritune.runs import checkpoint_tokenizer
+    from lit_inheritune.tokenizer import TokenizerError
 
-    choice = "none" if tokenizer is None else str(tokenizer)
-    if choice == "none":
+    if tokenizer is None or str(tokenizer) == "none":
         return None
-    if choice == "gpt2":
-        return gpt2_tokenizer()
-    hint = "pass data_dir=DIR (the prepared dataset), tokenizer=gpt2, tokenizer=PATH/tokenizer.json or tokenizer=none"
     try:
-        if choice != "auto":
-            if not Path(choice).is_file():
-                raise ExportError(f"tokenizer={choice} is neither auto, gpt2, none nor a tokenizers JSON file")
-            return load_bpe(Path(choice))
-        if data_dir is None:
-            run_config = run_dir_of(ckpt) / "config.yaml"
-            if not run_config.is_file():
-                raise ExportError(f"no data_dir given and no run config {run_config} to find it in; {hint}")
-            data_dir = OmegaConf.select(OmegaConf.load(run_config), "data.data_dir")
-            if not data_dir:
-                raise ExportError(f"{run_config} names no data.data_dir; {hint}")
-        manifest_path = Path(data_dir) / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise ExportError(f"{manifest_path} does not exist, so the model's tokenizer is unknown; {hint}")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        return load_tokenizer(manifest["tokenizer"], Path(data_dir))
+        return checkpoint_tokenizer(ckpt, str(tokenizer), data_dir)
     except TokenizerError as e:
-        raise ExportError(str(e)) from None
+        raise ExportError(f"{e} (or tokenizer=none)") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
