@@ -69,3 +69,44 @@ def test_paths_default_below_root(tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_INHERITUNE_ROOT", str(tmp_path))
     cfg = compose([])
     assert Path(cfg.paths.data_dir).parent == tmp_path
+
+
+def _reproduce_jobs():
+    """Every job `make reproduce-cpu` launches: each `run ...` line of the script, sweeps expanded."""
+    import itertools
+    import shlex
+
+    script = Path(__file__).parents[1] / "experiments" / "reproduce_cpu.sh"
+    for line in script.read_text().splitlines():
+        if not line.startswith("run "):
+            continue
+        args = [a.replace('"$SEEDS"', "1,2,3") for a in shlex.split(line, posix=False)[1:] if a != "-m"]
+        args = [a.strip("'") for a in args]
+        choices = [[f"{a.split('=', 1)[0]}={v}" for v in _sweep_values(a.split("=", 1)[1])] for a in args]
+        yield from (list(job) for job in itertools.product(*choices))
+
+
+def _sweep_values(value: str) -> list[str]:
+    """Hydra's comma sweep, keeping commas inside [...] lists: '[0,1],[2,3]' -> ['[0,1]', '[2,3]']."""
+    values, depth, current = [], 0, ""
+    for ch in value:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*values, current]
+
+
+def test_every_job_of_reproduce_cpu_composes_and_shares_one_reference():
+    from lit_inheritune.run import reference_dir
+
+    jobs = list(_reproduce_jobs())
+    assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer
+    references = set()
+    for job in jobs:
+        cfg = compose(job)
+        if cfg.method.name not in ("scratch", "stacking"):  # the methods that start from the reference
+            references.add((cfg.name, reference_dir(cfg).name))
+    assert references == {("cpu_medium_16l", "scratch-L8-T1000-s0"), ("cpu_lazy_transfer", "scratch-L12-T1000-s0")}
