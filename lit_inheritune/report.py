@@ -204,20 +204,22 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
 
     official = official_curves()
     fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for row in table["rows"]:
+    for i, row in enumerate(table["rows"]):  # a row has the same colour in both panels
         curves = [val_curve(r["dir"]) for r in runs if r["label"] == row["run"]]
         curves = [c for c in curves if c]
         if curves:
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             values = [[c[s] for c in curves] for s in steps]
-            ax_ours.plot(steps, [statistics.fmean(v) for v in values], label=f"{row['name']} ({len(curves)} seeds)")
+            seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+            ax_ours.plot(steps, [statistics.fmean(v) for v in values], color=f"C{i}", label=f"{row['name']} ({seeds})")
             if len(curves) > 1:
-                ax_ours.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+                ax_ours.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=f"C{i}",
+                                     alpha=0.2)
         paper = row["paper"]
         if paper and paper.get("run") in official:
             points = [p for p in official[paper["run"]] if p["step"] > 0]
-            ax_paper.plot([p["step"] for p in points], [p["val_loss"] for p in points],
-                          label=paper["run"].rsplit("/", 1)[-1])
+            ax_paper.plot([p["step"] for p in points], [p["val_loss"] for p in points], color=f"C{i}",
+                          label=f"{row['name']}: {paper['run'].rsplit('/', 1)[-1]}")
     ax_ours.set(title="ours (CPU scale)", xlabel="step", ylabel="val loss")
     ax_paper.set(title="paper (official curves)", xlabel="step", ylabel="val loss")
     for ax in (ax_ours, ax_paper):
