@@ -6,8 +6,9 @@ scores a Hugging Face one: log-likelihoods in length-sorted batches with the con
 to the model's block size, disjoint rolling windows for perplexity tasks, greedy generation.
 
 The CLI finds the checkpoint's tokenizer offline (the manifest of the dataset its run trained on) and
-writes results.json (lm-eval's results plus provenance) and results.md to `out`. See
-lit_inheritune/conf/evaluate.yaml for the keys.
+writes results.json (lm-eval's results plus provenance) and results.md to `out`. The reserved task name
+`lastword` is a LAMBADA-style task cut from that dataset's own val split (lit_inheritune/tasks.py), built
+once under <data_dir>/tasks/. See lit_inheritune/conf/evaluate.yaml for the keys.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from lit_inheritune.tokenizer import Tokenizer
 
 # Downstream tasks for the paper's models, as lm-eval names them (paper/tables.yaml: wikitext, LAMBADA).
 PAPER_TASKS = ("arc_easy", "lambada_openai", "sciq", "hellaswag", "piqa", "wikitext")
+# Stands for the last-word task of the checkpoint's own dataset (`tasks.write_last_word_task`).
+LAST_WORD_TASK = "lastword"
 
 
 class EvaluationError(ValueError):
@@ -164,6 +167,24 @@ def resolve_tokenizer(ckpt: str | Path, tokenizer: str = "auto", data_dir: str |
         raise EvaluationError(str(e)) from None
 
 
+def last_word_task(ckpt: str | Path, data_dir: str | Path | None = None, **params) -> tuple[str, Path]:
+    """(task name, folder) of the last-word task of the dataset the checkpoint trained on (`data_dir`, else
+    data.data_dir of its run's config.yaml), written to <data_dir>/tasks/ unless already there."""
+    from lit_inheritune.runs import checkpoint_data_dir, run_dir_of
+    from lit_inheritune.tasks import TaskError, last_word_task_name, write_last_word_task
+
+    data_dir = data_dir or checkpoint_data_dir(ckpt)
+    if not data_dir:
+        raise EvaluationError(f"task {LAST_WORD_TASK!r} is built from the checkpoint's dataset, but there is no run "
+                              f"config {run_dir_of(ckpt) / 'config.yaml'} naming it; pass data_dir=DIR "
+                              "(the prepared dataset)")
+    try:
+        folder = write_last_word_task(data_dir, Path(data_dir) / "tasks", **params)
+    except TaskError as e:
+        raise EvaluationError(f"{e} (keys: lastword.n, lastword.context_tokens, lastword.seed)") from None
+    return last_word_task_name(data_dir), folder
+
+
 def task_manager(task_names: Sequence[str], include_path: str | Sequence[str] | None = None):
     """A TaskManager that indexes lm-eval's ~200 built-in task folders (half a minute on 2 CPU cores) only
     when some task is not among the local YAMLs in `include_path`."""
@@ -228,8 +249,10 @@ def evaluate_checkpoint(
     num_fewshot: int | None = None,
     limit: int | float | None = None,
     bootstrap_iters: int = 100000,
+    last_word: dict | None = None,
 ) -> dict:
-    """Evaluate one of our checkpoints on lm-eval tasks; write out/results.json and out/results.md."""
+    """Evaluate one of our checkpoints on lm-eval tasks; write out/results.json and out/results.md.
+    `last_word`: n, context_tokens, seed of the `lastword` task, if asked for."""
     import lm_eval
 
     from lit_inheritune.provenance import provenance
@@ -245,6 +268,11 @@ def evaluate_checkpoint(
     except SurgeryError as e:
         raise EvaluationError(str(e)) from None
     lm = GPTLM(model, tok, batch_size=batch_size, device=device)
+    if LAST_WORD_TASK in tasks:
+        name, folder = last_word_task(ckpt, data_dir, **(last_word or {}))
+        tasks = [name if task == LAST_WORD_TASK else task for task in tasks]
+        include_path = [include_path] if isinstance(include_path, str) else list(include_path or [])
+        include_path.append(str(folder))
     manager = task_manager(tasks, include_path)
     results = lm_eval.simple_evaluate(
         model=lm, tasks=load_tasks(tasks, manager), task_manager=manager, num_fewshot=num_fewshot,
@@ -291,6 +319,7 @@ def main(cfg: DictConfig) -> dict:
             num_fewshot=cfg.num_fewshot,
             limit=cfg.limit,
             bootstrap_iters=cfg.bootstrap_iters,
+            last_word=OmegaConf.to_container(cfg.lastword),
         )
     except EvaluationError as e:
         raise SystemExit(f"error: {e}") from None

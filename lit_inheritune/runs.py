@@ -19,6 +19,12 @@ def run_dir_of(ckpt: str | Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
+def checkpoint_data_dir(ckpt: str | Path) -> str | None:
+    """data.data_dir of the config.yaml in the checkpoint's run dir, or None when there is none."""
+    run_config = run_dir_of(ckpt) / "config.yaml"
+    return OmegaConf.select(OmegaConf.load(run_config), "data.data_dir") if run_config.is_file() else None
+
+
 def checkpoint_tokenizer(ckpt: str | Path, tokenizer: str = "auto", data_dir: str | Path | None = None) -> Tokenizer:
     """"gpt2"; a `tokenizers` JSON file; or "auto": the tokenizer in the manifest of `data_dir` (default:
     data.data_dir of the config.yaml in the checkpoint's run dir). Raises TokenizerError saying what to pass."""
@@ -35,7 +41,7 @@ def checkpoint_tokenizer(ckpt: str | Path, tokenizer: str = "auto", data_dir: st
         run_config = run_dir_of(ckpt) / "config.yaml"
         if not run_config.is_file():
             raise TokenizerError(f"no data_dir given and no run config {run_config} to find it in; {HINT}")
-        data_dir = OmegaConf.select(OmegaConf.load(run_config), "data.data_dir")
+        data_dir = checkpoint_data_dir(ckpt)
         if not data_dir:
             raise TokenizerError(f"{run_config} names no data.data_dir; {HINT}")
     manifest_path = Path(data_dir) / MANIFEST_FILE
