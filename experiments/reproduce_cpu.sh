@@ -23,6 +23,11 @@ run -m experiment=cpu_medium_table3 method.parts=attn,mlp,attn_mlp seed="$SEEDS"
 run -m experiment=cpu_medium_table2 method=stacking,hybrid_stacking,half_width seed="$SEEDS"
 # KD comparison.
 run -m experiment=cpu_medium_kd method=kd,distilbert_kd seed="$SEEDS"
+# Downstream, LAMBADA's stand-in: the embedded corpus's own last-word task for Table 1's models.
+for stage in "$OUT"/cpu_medium_16l/scratch-L8-T1000-s0 "$OUT"/cpu_medium_16l/scratch-L4-T*-s* \
+             "$OUT"/cpu_medium_16l/inheritune-n4-block-reinherit-s*/round*-L*; do
+    [ -f "$stage/eval/results.json" ] || "$PY" -m lit_inheritune.evaluate ckpt="$stage/checkpoints/last.ckpt" 'tasks=[lastword]'
+done
 # Attention analysis of the reference and its round-1 Inheritune target (seed 1).
 "$PY" -m lit_inheritune.analyze data_dir="$DATA" out_dir="$RESULTS/cpu_medium_16l/analysis" \
     +ckpts.reference_8L="$OUT"/cpu_medium_16l/scratch-L8-T1000-s0/checkpoints/last.ckpt \

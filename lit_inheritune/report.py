@@ -129,6 +129,24 @@ def _ours(row: dict, runs: list[dict]) -> list[float]:
     return values
 
 
+def last_word_acc(stage_dir: str | Path) -> float | None:
+    """Accuracy on the dataset's own last-word task (`evaluate tasks=[lastword]`) if the stage was evaluated:
+    the CPU-scale stand-in for the paper's LAMBADA column."""
+    path = Path(stage_dir) / "eval" / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())["results"]
+    return next((r["acc,none"] for name, r in results.items() if name.startswith("lastword_")), None)
+
+
+def _fmt_acc(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    std = f" +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean:.1f}{std} ({len(values)} seed{'s' if len(values) > 1 else ''})"
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "missing"
@@ -158,6 +176,8 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
                          "ours": values, "mean": statistics.fmean(values) if values else None,
                          "seeds": sorted(r["seed"] for r in runs if r["label"] == row["run"]),
+                         "last_word_acc": [a for r in runs if r["label"] == row["run"] and not row.get("at_step")
+                                           and (a := last_word_acc(r["dir"])) is not None],
                          "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
                                                   if r["label"] == row["run"] and "config_sha256" in r.get(
                                                       "provenance", {})}),
@@ -177,9 +197,12 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
 
 
 def suite_markdown(table: dict) -> str:
+    # Downstream columns only where something was evaluated: our last-word accuracy beside the paper's LAMBADA
+    evaluated = any(row["last_word_acc"] for row in table["rows"])
+    head = " last-word acc %, ours | paper LAMBADA acc % |" if evaluated else ""
     lines = [f"## {table['title']}", "",
-             "| row | our run | seeds | val loss, ours (mean +- std) | paper row | paper val loss |",
-             "|---|---|---|---|---|---|"]
+             "| row | our run | seeds | val loss, ours (mean +- std) | paper row | paper val loss |" + head,
+             "|---|---|---|---|---|---|" + "---|---|" * evaluated]
     for row in table["rows"]:
         run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
         seeds = ",".join(map(str, row["seeds"])) or "-"
@@ -187,7 +210,10 @@ def suite_markdown(table: dict) -> str:
         paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
         paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
             "val_loss"] else f"{paper['val_loss']:.4f}"
-        lines.append(f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {paper_name} | {paper_loss} |")
+        line = f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {paper_name} | {paper_loss} |"
+        if evaluated:
+            line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
+        lines.append(line)
     if table["checks"]:
         lines += ["", "| the paper's claim | ours | paper |", "|---|---|---|"]
         for c in table["checks"]:

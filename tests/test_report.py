@@ -40,7 +40,7 @@ def _stage(group, label_with_seed, val_loss, curve=None, n_layer=4, steps=500):
 
 
 def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path):
-    from lit_inheritune.report import suite_tables, write_suite
+    from lit_inheritune.report import suite_markdown, suite_tables, write_suite
 
     group = tmp_path / "cpu_medium_16l"
     _stage(group, "scratch-L8-T1000-s0", 4.60, n_layer=8, steps=1000)
@@ -69,7 +69,16 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     assert kd_checks["Inheritune beats logit KD"] == "fails" and kd_checks["Inheritune beats DistilBERT-style KD"] == "missing"
     assert {c["paper"] for c in tables["table2"]["checks"]} == {"holds"}
 
+    assert "last-word acc" not in suite_markdown(tables["table1"])  # nothing evaluated yet
+    for seed, acc in ((1, 0.08), (2, 0.10)):  # what `evaluate tasks=[lastword]` writes into the stage dir
+        eval_dir = group / f"inheritune-n4-block-reinherit-s{seed}" / "round1-L4" / "eval"
+        eval_dir.mkdir()
+        (eval_dir / "results.json").write_text(json.dumps(
+            {"results": {"lastword_embedded_bpe4096": {"acc,none": acc, "perplexity,none": 900.0}}}))
     md = write_suite(group, tmp_path / "out", "cpu_medium_16l").read_text()
+    assert "| 4.5200 +- 0.0283 | large-half-init_log | 2.80 | 9.0 +- 1.4 (2 seeds) | 34.64 |" in md
+    assert "| 5.0000 +- 0.0000 |" not in md and "| reference 8L, rand, 2T | `scratch-L8-T1000` | 0 | 4.6000 | " \
+        "large_log | 2.85 | - | 34.14 |" in md
     assert "| Inheritune 4L, round 1, T | `inheritune-n4-block-reinherit/round1-L4` | 1,2 | 4.5200 +- 0.0283 | " \
            "large-half-init_log | 2.80 |" in md
     assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | missing | large_stacking_2rnd | 2.87 |" in md
