@@ -118,6 +118,21 @@ def test_pinned_reference_seed_is_the_same_run_whichever_seed_trains_it(tmp_path
     assert all(torch.equal(shared[k], alone[k]) for k in shared)
 
 
+def test_finished_reference_is_found_from_another_working_directory(tmp_path, fixture_data_dir, monkeypatch):
+    """Runs record paths relative to where they were launched (root_dir defaults to '.'); a sweep launched
+    elsewhere with LIT_INHERITUNE_ROOT pointing at the same outputs still finds the reference's checkpoint."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    scratch = compose([*TINY, "model.n_layer=4", "train.max_steps=20", "train.val_every_n_steps=10",
+                       "paths.root_dir=.", f"data.data_dir={fixture_data_dir}"])
+    run(scratch)
+    assert not Path(json.loads((Path(scratch.run_dir) / "result.json").read_text())["last_checkpoint"]).is_absolute()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    results = run(_cfg(tmp_path / "repo", fixture_data_dir, "method.tolerance=100"))
+    assert [r["stage"] for r in results] == ["round1-L2"]
+
+
 def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixture_data_dir):
     wide = compose([*TINY, "model.n_layer=4", "model.n_embd=64", "train.max_steps=10", "train.val_every_n_steps=10",
                     f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=wide"])

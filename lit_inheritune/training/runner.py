@@ -76,6 +76,8 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     result_path = stage_dir / "result.json"
     if result_path.exists():
         result = json.loads(result_path.read_text())
+        # The recorded paths were relative to where that run was launched; the stage is here now.
+        result["last_checkpoint"] = str(stage_dir / "checkpoints" / "last.ckpt")
         print(f"[{stage}] already done: val loss {result['val_loss']:.4f} ({result_path})", flush=True)
         return result
     last = stage_dir / "checkpoints" / "last.ckpt"
