@@ -248,19 +248,9 @@ def measure_attention(
     }
 
 
-def qk_grad_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Frobenius norms of dLoss/dW for W_Q, W_K, W_V (the row slices of `attn.c_attn.weight`, which
-    stacks q, k, v along dim 0) and the attention output projection, per layer, from one
-    forward/backward on (x, y) (B, T). Uses `torch.autograd.grad`, so no `.grad` is written and the
-    weights, their requires_grad flags and the train/eval mode are left as they were."""
-    if not isinstance(model, GPT):
-        from lit_inheritune.hf import hf_qk_grad_norms
-
-        return hf_qk_grad_norms(model, x, y)
-    C = model.config.n_embd
-    qkv_weights = [block.attn.c_attn.weight for block in model.transformer.h]  # each (3C, C)
-    proj_weights = [block.attn.c_proj.weight for block in model.transformer.h]  # each (C, C)
-    weights = qkv_weights + proj_weights
+def loss_and_grads(model, x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor]):
+    """(loss, d loss / d weights) of one eval-mode forward/backward, leaving no trace: no .grad written, and
+    the weights' requires_grad flags and the model's train/eval mode restored."""
     requires_grad = [w.requires_grad for w in weights]
     was_training = model.training
     model.eval()
@@ -274,6 +264,22 @@ def qk_grad_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict:
         for w, flag in zip(weights, requires_grad):
             w.requires_grad_(flag)
         model.train(was_training)
+    return loss, grads
+
+
+def qk_grad_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Frobenius norms of dLoss/dW for W_Q, W_K, W_V (the row slices of `attn.c_attn.weight`, which
+    stacks q, k, v along dim 0) and the attention output projection, per layer, from one
+    forward/backward on (x, y) (B, T). Uses `torch.autograd.grad`, so no `.grad` is written and the
+    weights, their requires_grad flags and the train/eval mode are left as they were."""
+    if not isinstance(model, GPT):
+        from lit_inheritune.hf import hf_qk_grad_norms
+
+        return hf_qk_grad_norms(model, x, y)
+    C = model.config.n_embd
+    qkv_weights = [block.attn.c_attn.weight for block in model.transformer.h]  # each (3C, C)
+    proj_weights = [block.attn.c_proj.weight for block in model.transformer.h]  # each (C, C)
+    loss, grads = loss_and_grads(model, x, y, qkv_weights + proj_weights)
     qkv_grads, proj_grads = grads[: len(qkv_weights)], grads[len(qkv_weights) :]
     return {
         "loss": loss.item(),

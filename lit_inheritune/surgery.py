@@ -55,6 +55,19 @@ def _check_sources(blocks: Sequence[int], n_available: int, what: str) -> list[i
     return blocks
 
 
+def source_blocks(k: int, n_layer: int | None, blocks: Sequence[int] | None) -> list[int]:
+    """The reference blocks a target inherits: the first `n_layer` of `k`, or an explicit list, checked."""
+    if blocks is None:
+        if n_layer is None:
+            raise SurgeryError("give n_layer (inherit the first n blocks) or an explicit list of blocks")
+        if not 1 <= n_layer <= k:
+            raise SurgeryError(f"cannot inherit {n_layer} layers from a reference with {k} layers")
+        blocks = range(n_layer)
+    elif n_layer is not None and n_layer != len(blocks):
+        raise SurgeryError(f"n_layer={n_layer} but {len(blocks)} source blocks were listed")
+    return _check_sources(blocks, k, "reference")
+
+
 @torch.no_grad()
 def _copy_(dst: torch.nn.Module, src: torch.nn.Module) -> None:
     dst.load_state_dict(src.state_dict())
@@ -71,16 +84,7 @@ def inherit_blocks(
     """A model of `len(blocks)` layers (default: the first `n_layer` reference blocks) whose block i is a
     copy of the chosen `parts` of reference block `blocks[i]`; everything else is freshly initialised as
     in a random model of the same size (seeded by the caller's RNG state)."""
-    k = reference.config.n_layer
-    if blocks is None:
-        if n_layer is None:
-            raise SurgeryError("give n_layer (inherit the first n blocks) or an explicit list of blocks")
-        if not 1 <= n_layer <= k:
-            raise SurgeryError(f"cannot inherit {n_layer} layers from a reference with {k} layers")
-        blocks = range(n_layer)
-    elif n_layer is not None and n_layer != len(blocks):
-        raise SurgeryError(f"n_layer={n_layer} but {len(blocks)} source blocks were listed")
-    blocks = _check_sources(blocks, k, "reference")
+    blocks = source_blocks(reference.config.n_layer, n_layer, blocks)
     if parts not in BLOCK_PARTS:
         raise SurgeryError(f"unknown block parts {parts!r}; choose one of {sorted(BLOCK_PARTS)}")
 
