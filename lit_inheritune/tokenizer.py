@@ -121,18 +121,13 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
 # Byte-level BPE trained on our own data (Hugging Face `tokenizers`)
 
 
-class BPETokenizer:
-    def __init__(self, tokenizer, path: Path | None = None, sha256: str | None = None) -> None:
+class TokenizersBackend:
+    """Encoding through a Hugging Face `tokenizers.Tokenizer`, documents as plain text: added tokens (EOT) are
+    matched in raw text by default, so that is switched off. Shared by our BPE and a HF model's tokenizer."""
+
+    def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        # Added tokens (EOT) are matched in raw text by default; treat documents as plain text instead.
         self.tokenizer.encode_special_tokens = True
-        self.path = path
-        self.sha256 = sha256
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        self.eot_id = tokenizer.token_to_id(EOT_TOKEN)
-        if self.eot_id is None:
-            raise TokenizerError(f"BPE tokenizer {path} has no {EOT_TOKEN} token")
-        self.name = f"bpe{self.vocab_size}"
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -142,6 +137,18 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class BPETokenizer(TokenizersBackend):
+    def __init__(self, tokenizer, path: Path | None = None, sha256: str | None = None) -> None:
+        super().__init__(tokenizer)
+        self.path = path
+        self.sha256 = sha256
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eot_id = tokenizer.token_to_id(EOT_TOKEN)
+        if self.eot_id is None:
+            raise TokenizerError(f"BPE tokenizer {path} has no {EOT_TOKEN} token")
+        self.name = f"bpe{self.vocab_size}"
 
     def spec(self) -> dict:
         if self.sha256 is None:
