@@ -2,7 +2,7 @@
 # `make reproduce-cpu`: the whole CPU-scale suite, then the report that sits in experiments/results/.
 # Resumable: every experiment sets resume=true, a finished stage (its result.json) is skipped, and a killed
 # stage continues from its last checkpoint, so rerunning this script after an interruption finishes the job.
-# Roughly 4-5 hours on 2 cores; SEEDS=1 for a single-seed pass.
+# Roughly 5-6 hours on 2 cores; SEEDS=1 for a single-seed pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -41,3 +41,5 @@ run experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=1
 "$PY" -m lit_inheritune.analyze data_dir="$DATA" out_dir="$RESULTS"/cpu_lazy_transfer/analysis \
     +ckpts.reference_12L="$OUT"/cpu_lazy_transfer/scratch-L12-T1000-s0/checkpoints/last.ckpt
 "$PY" -m lit_inheritune.report "$OUT"/cpu_lazy_transfer --out "$RESULTS"/cpu_lazy_transfer --suite cpu_lazy_transfer
+# Appendix B's twin: a pretrained SmolLM2-135M as the reference (issue #7).
+PY="$PY" bash experiments/appendix_b_cpu.sh

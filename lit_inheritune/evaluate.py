@@ -14,6 +14,7 @@ once under <data_dir>/tasks/. See lit_inheritune/conf/evaluate.yaml for the keys
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -250,23 +251,28 @@ def evaluate_checkpoint(
     limit: int | float | None = None,
     bootstrap_iters: int = 100000,
     last_word: dict | None = None,
+    hf: dict | None = None,
 ) -> dict:
-    """Evaluate one of our checkpoints on lm-eval tasks; write out/results.json and out/results.md.
-    `last_word`: n, context_tokens, seed of the `lastword` task, if asked for."""
+    """Evaluate one of our checkpoints, or with `hf` = {path, gguf_file, cache_dir} a pretrained Hugging Face
+    model with its own tokenizer (e.g. the reference an HF Inheritune run matched), on lm-eval tasks; write
+    out/results.json and out/results.md. `last_word`: n, context_tokens, seed of the `lastword` task."""
     import lm_eval
 
     from lit_inheritune.provenance import provenance
-    from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
 
     if not tasks:
         raise EvaluationError(f"no tasks given: pass tasks=[...], e.g. tasks=[{','.join(PAPER_TASKS)}]")
-    if not Path(ckpt).is_file():
-        raise EvaluationError(f"checkpoint {ckpt} not found")
-    tok = resolve_tokenizer(ckpt, tokenizer, data_dir)
-    try:
-        model = gpt_from_checkpoint(ckpt)
-    except SurgeryError as e:
-        raise EvaluationError(str(e)) from None
+    if hf:
+        if LAST_WORD_TASK in tasks and not data_dir:
+            raise EvaluationError(f"task {LAST_WORD_TASK!r} is built from a prepared dataset's val split; with "
+                                  "hf=... pass data_dir=DIR (one tokenized with the model's own tokenizer)")
+        from lit_inheritune.hf import ALIASES
+
+        path, gguf_file = ALIASES.get(str(hf["path"]), (str(hf["path"]), hf.get("gguf_file")))
+        model, tok = pretrained_hf(path, gguf_file, hf.get("cache_dir"))
+        ckpt = f"{path}/{gguf_file}" if gguf_file else path  # what results.json records as the model
+    else:
+        model, tok = checkpoint_model(ckpt, tokenizer, data_dir)
     lm = GPTLM(model, tok, batch_size=batch_size, device=device)
     if LAST_WORD_TASK in tasks:
         name, folder = last_word_task(ckpt, data_dir, **(last_word or {}))
@@ -287,9 +293,38 @@ def evaluate_checkpoint(
     return report
 
 
-def _default_out_dir(ckpt) -> str:
+def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -> tuple[GPT, Tokenizer]:
+    """The model in one of our checkpoints and the tokenizer its run trained with."""
+    from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
+
+    if not Path(ckpt).is_file():
+        raise EvaluationError(f"checkpoint {ckpt} not found")
+    tok = resolve_tokenizer(ckpt, tokenizer, data_dir)
+    try:
+        return gpt_from_checkpoint(ckpt), tok
+    except SurgeryError as e:
+        raise EvaluationError(str(e)) from None
+
+
+def pretrained_hf(path: str, gguf_file: str | None = None, cache_dir=None):
+    """A pretrained Hugging Face model (`hf.ALIASES` name, local dir, GGUF or hub id) and its own tokenizer."""
+    from lit_inheritune.hf import ALIASES, HFCausalLM, HFLoadError, hf_data_tokenizer, load_hf_model
+
+    path, gguf_file = ALIASES.get(str(path), (str(path), gguf_file))
+    try:
+        model = HFCausalLM(load_hf_model(path, gguf_file, cache_dir))
+        tok = hf_data_tokenizer({"path": path, "gguf_file": gguf_file, "cache_dir": cache_dir})
+    except HFLoadError as e:
+        raise EvaluationError(str(e)) from None
+    return model, tok
+
+
+def _default_out_dir(ckpt, hf=None) -> str:
     from lit_inheritune.runs import run_dir_of
 
+    if hf and not ckpt:
+        root = Path(os.environ.get("LIT_INHERITUNE_ROOT", "."))
+        return str(root / "outputs" / "eval" / Path(str(hf)).name)
     return str(run_dir_of(ckpt) / "eval") if ckpt else "eval"
 
 
@@ -300,8 +335,9 @@ if not OmegaConf.has_resolver("eval_dir"):
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     try:
-        if OmegaConf.is_missing(cfg, "ckpt"):
-            raise EvaluationError("no checkpoint given: pass ckpt=PATH (e.g. <run dir>/checkpoints/last.ckpt)")
+        if bool(cfg.ckpt) == bool(cfg.hf):
+            raise EvaluationError("pass one model: ckpt=PATH (e.g. <run dir>/checkpoints/last.ckpt) or hf=NAME "
+                                  "(a pretrained Hugging Face model, e.g. hf=smollm2)")
         # tasks=arc_easy and tasks=[arc_easy,piqa] both work; so do one include_path or a list of them.
         tasks = [str(t) for t in cfg.tasks] if OmegaConf.is_list(cfg.tasks) else [str(cfg.tasks)]
         include_path = cfg.include_path
@@ -320,6 +356,7 @@ def main(cfg: DictConfig) -> dict:
             limit=cfg.limit,
             bootstrap_iters=cfg.bootstrap_iters,
             last_word=OmegaConf.to_container(cfg.lastword),
+            hf={"path": str(cfg.hf), "gguf_file": cfg.hf_gguf_file, "cache_dir": cfg.hf_cache_dir} if cfg.hf else None,
         )
     except EvaluationError as e:
         raise SystemExit(f"error: {e}") from None

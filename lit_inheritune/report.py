@@ -34,18 +34,32 @@ from lit_inheritune.provenance import provenance
 _SEED = re.compile(r"-s(\d+)$")
 
 
+def _label_and_seed(group_dir: Path, run_dir: Path) -> tuple[str, int | None]:
+    parts = list(run_dir.relative_to(group_dir).parts)
+    seed = None
+    for i, part in enumerate(parts):
+        match = _SEED.search(part)
+        if match:
+            seed, parts[i] = int(match.group(1)), part[: match.start()]
+    return "/".join(parts), seed
+
+
 def collect(group_dir: str | Path) -> list[dict]:
-    """One dict per result.json: the result plus `label` (seedless path) and `seed`."""
+    """One dict per result.json: the result plus `label` (seedless path), `seed` and `dir`. A reference that
+    was given rather than trained (a pretrained HF model, `method.reference.ckpt`) has no result.json; its val
+    loss, measured on the run's own val windows, comes from the run's stages.json as `<run label>/reference`
+    (dir: <run dir>/reference, where its `evaluate` results go)."""
     group_dir = Path(group_dir)
     rows = []
     for path in sorted(group_dir.rglob("result.json")):
-        parts = list(path.parent.relative_to(group_dir).parts)
-        seed = None
-        for i, part in enumerate(parts):
-            match = _SEED.search(part)
-            if match:
-                seed, parts[i] = int(match.group(1)), part[: match.start()]
-        rows.append({**json.loads(path.read_text()), "label": "/".join(parts), "seed": seed, "dir": str(path.parent)})
+        label, seed = _label_and_seed(group_dir, path.parent)
+        rows.append({**json.loads(path.read_text()), "label": label, "seed": seed, "dir": str(path.parent)})
+    for path in sorted(group_dir.rglob("stages.json")):
+        reference = json.loads(path.read_text())["reference"]
+        if "last_checkpoint" in reference:  # trained in this group: its own result.json is above
+            continue
+        label, seed = _label_and_seed(group_dir, path.parent)
+        rows.append({**reference, "label": f"{label}/reference", "seed": seed, "dir": str(path.parent / "reference")})
     return rows
 
 
@@ -90,7 +104,8 @@ def markdown_table(summary: dict[str, dict], expect: list[str] | None = None) ->
             continue
         std = "" if s["val_loss_std"] is None else f" +- {s['val_loss_std']:.4f}"
         seeds = ",".join(map(str, s["seeds"])) or "-"
-        lines.append(f"| {label} | {s['n_layer']} | {s['steps']} | {seeds} | {s['val_loss_mean']:.4f}{std} | "
+        steps = "" if s["steps"] is None else s["steps"]  # a given reference: loaded, not trained
+        lines.append(f"| {label} | {s['n_layer']} | {steps} | {seeds} | {s['val_loss_mean']:.4f}{std} | "
                      f"{s['wall_minutes']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -241,6 +256,8 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
             if len(curves) > 1:
                 ax_ours.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=f"C{i}",
                                      alpha=0.2)
+        elif row["mean"] is not None and not row["at_step"]:  # a given reference: measured once, not trained
+            ax_ours.axhline(row["mean"], color=f"C{i}", linestyle="--", label=f"{row['name']} (not trained here)")
         paper = row["paper"]
         if paper and paper.get("run") in official:
             points = [p for p in official[paper["run"]] if p["step"] > 0]

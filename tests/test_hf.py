@@ -282,3 +282,27 @@ def test_hf_attention_analysis_end_to_end(tmp_path, smol_cache):
     for name in ("analysis.json", "max_rank.md", "max_rank.png", "rank_heatmap_smollm2.png"):
         assert (tmp_path / "analysis" / name).is_file(), name
     assert "| 29 |" in (tmp_path / "analysis" / "max_rank.md").read_text()
+
+
+@needs_gguf
+def test_evaluate_scores_a_pretrained_hf_model_with_its_own_tokenizer(tmp_path, smol_cache):
+    """`evaluate hf=smollm2`: the full reference of the Appendix B twin is scored like our checkpoints, and its
+    lm-eval log-likelihoods are the HF model's own summed token log-probs."""
+    from lit_inheritune.evaluate import GPTLM, EvaluationError, evaluate_checkpoint, pretrained_hf
+
+    hf = {"path": "smollm2", "gguf_file": None, "cache_dir": smol_cache}
+    model, tok = pretrained_hf(**hf)
+    lm = GPTLM(model, tok, batch_size=2, device="cpu")
+    context, continuation = tok.encode("The cat sat on the"), tok.encode(" mat")
+    [(logprob, _)] = lm._loglikelihood_tokens([(None, context, continuation)])
+    with torch.no_grad():
+        logits = model.hf(input_ids=torch.tensor([context + continuation])).logits[0].double()
+    expected = sum(torch.log_softmax(logits[len(context) - 1 + i], -1)[t].item() for i, t in enumerate(continuation))
+    assert logprob == pytest.approx(expected, abs=1e-4)
+
+    report = evaluate_checkpoint(None, ["lambada_mini"], tmp_path / "out", include_path=str(FIXTURES / "lm_eval"),
+                                 hf=hf, bootstrap_iters=0)
+    assert 0.0 <= report["results"]["lambada_mini"]["acc,none"] <= 1.0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["ckpt"].endswith(SMOLLM2_GGUF)
+    with pytest.raises(EvaluationError, match="pass data_dir"):
+        evaluate_checkpoint(None, ["lastword"], tmp_path / "out2", hf=hf)

@@ -84,3 +84,21 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | missing | large_stacking_2rnd | 2.87 |" in md
     assert "- commit: `" in md
     assert all((tmp_path / "out" / f"{t}_curves.png").stat().st_size > 10_000 for t in ("table1", "table2", "table3", "kd"))
+
+
+def test_a_given_reference_is_a_row_from_stages_json_but_a_trained_one_is_not_repeated(tmp_path):
+    group = tmp_path / "cpu_smollm2_15l"
+    run = group / "inheritune-n15-block-reinherit-s1"
+    _result(run / "round1-L15", 3.1, n_layer=15, steps=200)
+    measured = {"stage": "reference", "n_layer": 30, "params": 1, "steps": None, "tokens": None, "val_loss": 3.4}
+    (run / "stages.json").write_text(json.dumps({"reference": measured, "stages": []}))
+    trained = group / "inheritune-n4-block-reinherit-s1"
+    _result(trained / "round1-L4", 4.5)
+    (trained / "stages.json").write_text(json.dumps(
+        {"reference": {**measured, "last_checkpoint": "x/last.ckpt"}, "stages": []}))
+    rows = {(r["label"], r["seed"]): r for r in collect(group)}
+    assert set(rows) == {("inheritune-n15-block-reinherit/round1-L15", 1), ("inheritune-n4-block-reinherit/round1-L4", 1),
+                         ("inheritune-n15-block-reinherit/reference", 1)}
+    ref = rows[("inheritune-n15-block-reinherit/reference", 1)]
+    assert ref["val_loss"] == 3.4 and ref["n_layer"] == 30 and ref["dir"] == str(run / "reference")
+    assert "| inheritune-n15-block-reinherit/reference | 30 |  | 1 | 3.4000 | 0.0 |" in markdown_table(summarize(list(rows.values())))
