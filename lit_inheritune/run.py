@@ -134,6 +134,8 @@ def run_inheritune(cfg: DictConfig) -> list[dict]:
     reference, ref_result = obtain_reference(cfg, datamodule)
     if ref_result is None:
         ref_result = _measure(cfg, reference, datamodule)
+        print(f"[{cfg.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
+              f"{ref_result['val_loss']:.4f} on this experiment's val windows", flush=True)
     inherit, grow_target = _surgery(cfg)
     results, target, rnd = [], None, 0
     n_layer = len(m.blocks) if m.blocks else int(m.n_layer)
