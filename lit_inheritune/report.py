@@ -55,11 +55,13 @@ def collect(group_dir: str | Path) -> list[dict]:
         label, seed = _label_and_seed(group_dir, path.parent)
         rows.append({**json.loads(path.read_text()), "label": label, "seed": seed, "dir": str(path.parent)})
     for path in sorted(group_dir.rglob("stages.json")):
-        reference = json.loads(path.read_text())["reference"]
+        stages = json.loads(path.read_text())
+        reference = stages["reference"]
         if "last_checkpoint" in reference:  # trained in this group: its own result.json is above
             continue
         label, seed = _label_and_seed(group_dir, path.parent)
-        rows.append({**reference, "label": f"{label}/reference", "seed": seed, "dir": str(path.parent / "reference")})
+        rows.append({**reference, "provenance": stages.get("provenance", {}), "label": f"{label}/reference",
+                     "seed": seed, "dir": str(path.parent / "reference")})
     return rows
 
 

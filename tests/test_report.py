@@ -91,7 +91,7 @@ def test_a_given_reference_is_a_row_from_stages_json_but_a_trained_one_is_not_re
     run = group / "inheritune-n15-block-reinherit-s1"
     _result(run / "round1-L15", 3.1, n_layer=15, steps=200)
     measured = {"stage": "reference", "n_layer": 30, "params": 1, "steps": None, "tokens": None, "val_loss": 3.4}
-    (run / "stages.json").write_text(json.dumps({"reference": measured, "stages": []}))
+    (run / "stages.json").write_text(json.dumps({"reference": measured, "stages": [], "provenance": {"commit": "abc"}}))
     trained = group / "inheritune-n4-block-reinherit-s1"
     _result(trained / "round1-L4", 4.5)
     (trained / "stages.json").write_text(json.dumps(
@@ -101,4 +101,5 @@ def test_a_given_reference_is_a_row_from_stages_json_but_a_trained_one_is_not_re
                          ("inheritune-n15-block-reinherit/reference", 1)}
     ref = rows[("inheritune-n15-block-reinherit/reference", 1)]
     assert ref["val_loss"] == 3.4 and ref["n_layer"] == 30 and ref["dir"] == str(run / "reference")
+    assert ref["provenance"]["commit"] == "abc"  # measured by that run, so it carries the run's provenance
     assert "| inheritune-n15-block-reinherit/reference | 30 |  | 1 | 3.4000 | 0.0 |" in markdown_table(summarize(list(rows.values())))
