@@ -246,7 +246,9 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     official = official_curves()
-    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(12, 4.5))
+    with_paper = any((row["paper"] or {}).get("run") in official for row in table["rows"])
+    fig, axes = plt.subplots(1, 2 if with_paper else 1, figsize=(12 if with_paper else 7, 4.5), squeeze=False)
+    ax_ours, ax_paper = axes[0][0], axes[0][-1]
     for i, row in enumerate(table["rows"]):  # a row has the same colour in both panels
         curves = [val_curve(r["dir"]) for r in runs if r["label"] == row["run"]]
         curves = [c for c in curves if c]
@@ -266,12 +268,14 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
             ax_paper.plot([p["step"] for p in points], [p["val_loss"] for p in points], color=f"C{i}",
                           label=f"{row['name']}: {paper['run'].rsplit('/', 1)[-1]}")
     ax_ours.set(title="ours (CPU scale)", xlabel="step", ylabel="val loss")
-    ax_paper.set(title="paper (official curves)", xlabel="step", ylabel="val loss")
-    for ax in (ax_ours, ax_paper):
+    if with_paper:
+        ax_paper.set(title="paper (official curves)", xlabel="step", ylabel="val loss")
+    for ax in {ax_ours, ax_paper}:
         if ax.lines:
             ax.legend(fontsize=7)
-            low = min(min(line.get_ydata()) for line in ax.lines)
-            ax.set_ylim(low - 0.05, low + 1.0)  # the interesting end; warmup losses would flatten it
+            bests = [min(line.get_ydata()) for line in ax.lines]
+            # The interesting end, where every curve's best value shows; warmup losses would flatten it.
+            ax.set_ylim(min(bests) - 0.05, max(min(bests) + 1.0, max(bests) + 0.5))
         ax.grid(alpha=0.3)
     fig.suptitle(table["title"], fontsize=10)
     fig.tight_layout()
