@@ -12,12 +12,14 @@ from pathlib import Path
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """HEAD's hash, with '+dirty' when the work tree has uncommitted changes to tracked files."""
+    """HEAD's hash, with '+dirty' when the work tree has uncommitted changes to tracked files other than
+    experiments/results/ (what the code writes there does not change the code that wrote it)."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)experiments/results"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
