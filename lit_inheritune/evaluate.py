@@ -266,11 +266,7 @@ def evaluate_checkpoint(
         if LAST_WORD_TASK in tasks and not data_dir:
             raise EvaluationError(f"task {LAST_WORD_TASK!r} is built from a prepared dataset's val split; with "
                                   "hf=... pass data_dir=DIR (one tokenized with the model's own tokenizer)")
-        from lit_inheritune.hf import ALIASES
-
-        path, gguf_file = ALIASES.get(str(hf["path"]), (str(hf["path"]), hf.get("gguf_file")))
-        model, tok = pretrained_hf(path, gguf_file, hf.get("cache_dir"))
-        ckpt = f"{path}/{gguf_file}" if gguf_file else path  # what results.json records as the model
+        model, tok, ckpt = pretrained_hf(hf["path"], hf.get("gguf_file"), hf.get("cache_dir"))
     else:
         model, tok = checkpoint_model(ckpt, tokenizer, data_dir)
     lm = GPTLM(model, tok, batch_size=batch_size, device=device)
@@ -307,7 +303,8 @@ def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -
 
 
 def pretrained_hf(path: str, gguf_file: str | None = None, cache_dir=None):
-    """A pretrained Hugging Face model (`hf.ALIASES` name, local dir, GGUF or hub id) and its own tokenizer."""
+    """A pretrained Hugging Face model (`hf.ALIASES` name, local dir, GGUF or hub id), its own tokenizer, and
+    where it came from (the alias resolved; what results.json records as the model)."""
     from lit_inheritune.hf import ALIASES, HFCausalLM, HFLoadError, hf_data_tokenizer, load_hf_model
 
     path, gguf_file = ALIASES.get(str(path), (str(path), gguf_file))
@@ -316,7 +313,7 @@ def pretrained_hf(path: str, gguf_file: str | None = None, cache_dir=None):
         tok = hf_data_tokenizer({"path": path, "gguf_file": gguf_file, "cache_dir": cache_dir})
     except HFLoadError as e:
         raise EvaluationError(str(e)) from None
-    return model, tok
+    return model, tok, f"{path}/{gguf_file}" if gguf_file else path
 
 
 def _default_out_dir(ckpt, hf=None) -> str:

@@ -291,7 +291,8 @@ def test_evaluate_scores_a_pretrained_hf_model_with_its_own_tokenizer(tmp_path, 
     from lit_inheritune.evaluate import GPTLM, EvaluationError, evaluate_checkpoint, pretrained_hf
 
     hf = {"path": "smollm2", "gguf_file": None, "cache_dir": smol_cache}
-    model, tok = pretrained_hf(**hf)
+    model, tok, source = pretrained_hf(**hf)
+    assert source.endswith(SMOLLM2_GGUF)  # the alias, resolved
     lm = GPTLM(model, tok, batch_size=2, device="cpu")
     context, continuation = tok.encode("The cat sat on the"), tok.encode(" mat")
     [(logprob, _)] = lm._loglikelihood_tokens([(None, context, continuation)])
