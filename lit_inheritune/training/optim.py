@@ -1,4 +1,4 @@
-"""AdamW with decay on matrices only, and linear warmup then cosine decay to min_lr (PAPER.md section 3)."""
+"""AdamW with decay on Linear weights only, and linear warmup then cosine decay to min_lr (PAPER.md section 3)."""
 
 from __future__ import annotations
 
@@ -47,14 +47,21 @@ class WarmupCosine:
         return self.floor + 0.5 * (1.0 - self.floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def decayed_parameters(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters that get weight decay: the weights of nn.Linear layers (PAPER.md section 3,
+    as the official code), never an embedding, even where a Linear head is tied to one, nor norms."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    # Hugging Face GPT-2 keeps its linear layers as transformers' Conv1D (a Linear with a transposed weight).
+    linear = lambda m: isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+    return {id(m.weight) for m in model.modules() if linear(m) and id(m.weight) not in embeddings}
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    """Weight decay on parameters of 2+ dims (linear weights, embeddings), none on norms."""
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decayed = decayed_parameters(model)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": cfg.weight_decay, "name": "decay"},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0, "name": "no_decay"},
     ]
     optimizer = torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True

@@ -1,0 +1,222 @@
+"""Regime pilot (issue #15): where does the paper's premise hold at CPU scale?
+
+The premise: a k-layer reference beats a k/2-layer model trained from scratch for the same steps (the
+paper: by 0.05 nats for Medium, 0.12 for Large). Each pilot config trains that pair with `method=scratch`
+under one set of overrides, one process per run on one thread, and this script tabulates and plots them.
+
+    python experiments/regime_pilot.py run [--jobs 2] [--configs shape_4v2,steps_bs8] [--seeds 1,2,3]
+    python experiments/regime_pilot.py report --out experiments/results/regime
+
+Runs live in <LIT_INHERITUNE_ROOT>/outputs/regime_<config>/ like any other run (resumable, skipped when done).
+
+The choice rule, fixed before any Inheritune result in the new regime is looked at (issue #15):
+  the cheapest config whose k-layer model beats the k/2-layer model at equal steps by
+  gap = mean(k/2) - mean(k) >= 0.05 nats AND gap > 3 x pooled std over seeds (sqrt((s_k^2 + s_half^2) / 2),
+  at least 2 seeds each), and whose estimated suite time fits in 8 h on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(os.environ.get("LIT_INHERITUNE_ROOT", Path(__file__).resolve().parents[1]))
+PY = os.environ.get("PY", sys.executable)
+
+# name -> (k, steps, overrides, hypothesis). Every config keeps the paper's model (1/(l+1) scale on) unless
+# its name says otherwise; the CPU suite's defaults are d=128, 4 heads, ctx 128, BPE-4096, batch 32,
+# lr 1e-3 -> 1e-4, warmup 50.
+BASE = ["data=embedded", "model=cpu_reference", "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_steps=50"]
+CONFIGS: dict[str, tuple[int, int, list[str], str]] = {
+    "base_8v4": (8, 1000, [], "the old twin (after the weight-decay fix), for reference"),
+    "shape_4v2": (4, 1000, [], "(c) shape: d/L = 32 at k=4, as the paper's references (33-43)"),
+    "steps_bs8_8v4": (8, 4000, ["data.batch_size=8", "train.val_every_n_steps=400", "optim.warmup_steps=200"],
+                      "(b) 4x the optimizer steps at the same tokens (batch 8)"),
+    "lr3e-3_8v4": (8, 1000, ["optim.lr=3e-3", "optim.min_lr=3e-4"], "(d) 3x the learning rate"),
+    "steps_bs8_4v2": (4, 4000, ["data.batch_size=8", "train.val_every_n_steps=400", "optim.warmup_steps=200"],
+                      "(b)+(c) d/L = 32 and 4x the steps at the same tokens"),
+    "lr3e-3_4v2": (4, 1000, ["optim.lr=3e-3", "optim.min_lr=3e-4"], "(c)+(d) d/L = 32 and 3x the learning rate"),
+}
+
+# The suite of issue #15 item 2 in units of one k/2-layer run of T steps, an estimate for the cost rule:
+# Table 1 Large-like (3 seeds x round 1, scratch T, 2T = 12), Medium-like growth (3 x (2 rounds + scratch T, 2T
+# at up to 2k/3 depth) ~ 19), Table 2 (~9), Table 3 (9), KD (~5 with the teacher's forward), lazy transfer
+# (2 policies x 3 block sets + random = 7), plus three k-layer references (~2 units each).
+SUITE_HALF_RUNS = 65
+SUITE_REFERENCES = 3
+
+
+def jobs(configs: list[str], seeds: list[int]) -> list[list[str]]:
+    out = []
+    for name in configs:
+        k, steps, overrides, _ = CONFIGS[name]
+        for n_layer in (k, k // 2):
+            for seed in seeds:
+                out.append(["-m", "lit_inheritune", *BASE, "method=scratch", f"name=regime_{name}",
+                            f"model.n_layer={n_layer}", f"train.max_steps={steps}", f"seed={seed}", *overrides,
+                            "trainer.enable_progress_bar=false", "logger=csv", "resume=true"])
+    return out
+
+
+def _run(args: list[str]) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    print("+ python", " ".join(args), flush=True)
+    return subprocess.run([PY, *args], env=env).returncode
+
+
+def run(configs: list[str], seeds: list[int], n_jobs: int) -> None:
+    with ThreadPoolExecutor(n_jobs) as pool:
+        codes = list(pool.map(_run, jobs(configs, seeds)))
+    if any(codes):
+        sys.exit(f"error: {sum(1 for c in codes if c)} pilot run(s) failed")
+
+
+def collect() -> dict:
+    """config -> {"k": ..., "runs": {n_layer: [result dicts]}} from whatever has finished."""
+    from lit_inheritune.report import val_curve
+
+    data = {}
+    for name, (k, steps, overrides, hypothesis) in CONFIGS.items():
+        runs = {}
+        for n_layer in (k, k // 2):
+            for path in sorted((ROOT / "outputs" / f"regime_{name}").glob(f"scratch-L{n_layer}-T{steps}-s*/result.json")):
+                r = json.loads(path.read_text())
+                r["curve"] = sorted(val_curve(path.parent).items())
+                runs.setdefault(n_layer, []).append(r)
+        data[name] = {"k": k, "steps": steps, "overrides": overrides, "hypothesis": hypothesis, "runs": runs}
+    return data
+
+
+def judge(entry: dict) -> dict:
+    k = entry["k"]
+    deep, half = entry["runs"].get(k, []), entry["runs"].get(k // 2, [])
+    if not deep or not half:
+        return {"status": "incomplete"}
+    vd, vh = [r["val_loss"] for r in deep], [r["val_loss"] for r in half]
+    sd = statistics.stdev(vd) if len(vd) > 1 else float("nan")
+    sh = statistics.stdev(vh) if len(vh) > 1 else float("nan")
+    pooled = math.sqrt((sd**2 + sh**2) / 2)
+    gap = statistics.mean(vh) - statistics.mean(vd)
+    # one k-layer and one k/2-layer run, seconds each on one thread: the suite's cost estimate
+    sec_deep = statistics.mean(r["train_seconds"] for r in deep)
+    sec_half = statistics.mean(r["train_seconds"] for r in half)
+    # two 1-thread processes in parallel on 2 cores
+    suite_h = (SUITE_HALF_RUNS * sec_half + SUITE_REFERENCES * sec_deep) / 2 / 3600
+    seeded = len(vd) >= 2 and len(vh) >= 2
+    meets = seeded and gap >= 0.05 and gap > 3 * pooled and suite_h <= 8
+    return {"deep": statistics.mean(vd), "deep_std": sd, "half": statistics.mean(vh), "half_std": sh,
+            "n_deep": len(vd), "n_half": len(vh), "gap": gap, "pooled_std": pooled, "sec_deep": sec_deep,
+            "sec_half": sec_half, "suite_hours": suite_h,
+            "status": "meets the rule" if meets else ("needs seeds" if not seeded and gap >= 0.05 else "fails")}
+
+
+def _fmt(x: float, nd: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def report(out: Path) -> None:
+    from lit_inheritune.provenance import provenance
+
+    data = collect()
+    verdicts = {name: judge(entry) for name, entry in data.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Regime pilot: does the k-layer model beat the k/2-layer model at equal steps?", ""]
+    lines += [f"- {k}: `{v}`" for k, v in provenance().items()]
+    lines += ["- runs: `python experiments/regime_pilot.py run` (one thread per run, two runs at a time); "
+              "every run is `python -m lit_inheritune method=scratch` with the config's overrides",
+              "- base: d=128, 4 heads, ctx 128, BPE-4096 on the embedded corpus, batch 32, lr 1e-3 -> 1e-4, "
+              "warmup 50, weight decay 0.1 on Linear weights, 1/(l+1) attention scale on",
+              "- rule (fixed before any Inheritune result): gap = mean(k/2) - mean(k) >= 0.05 and gap > 3 x "
+              "pooled std (at least 2 seeds each), and the suite's estimated time <= 8 h on 2 cores "
+              f"({SUITE_HALF_RUNS} k/2-layer runs + {SUITE_REFERENCES} k-layer runs, two 1-thread runs at a time)",
+              "", "| config | hypothesis | k | steps | overrides | k-layer val | k/2-layer val | gap | pooled std "
+              "| seeds | s/run (k, k/2) | suite h (est.) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in data.items():
+        v = verdicts[name]
+        if v["status"] == "incomplete":
+            lines.append(f"| {name} | {entry['hypothesis']} | {entry['k']} | {entry['steps']} | "
+                         f"{' '.join(entry['overrides']) or '-'} | | | | | | | | not run |")
+            continue
+        lines.append(
+            f"| {name} | {entry['hypothesis']} | {entry['k']} | {entry['steps']} | {' '.join(entry['overrides']) or '-'} "
+            f"| {_fmt(v['deep'])} +- {_fmt(v['deep_std'])} | {_fmt(v['half'])} +- {_fmt(v['half_std'])} "
+            f"| {_fmt(v['gap'])} | {_fmt(v['pooled_std'])} | {v['n_deep']}/{v['n_half']} "
+            f"| {v['sec_deep']:.0f}, {v['sec_half']:.0f} | {v['suite_hours']:.1f} | {v['status']} |")
+    chosen = [n for n, v in verdicts.items() if v["status"] == "meets the rule"]
+    chosen.sort(key=lambda n: verdicts[n]["suite_hours"])
+    lines += ["", "Chosen regime (cheapest that meets the rule): "
+              + (f"**{chosen[0]}**" if chosen else "none yet"), ""]
+    (out / "pilot.md").write_text("\n".join(lines) + "\n")
+    (out / "pilot.json").write_text(json.dumps(
+        {"provenance": provenance(), "verdicts": verdicts, "chosen": chosen[0] if chosen else None,
+         "configs": {n: {k: e[k] for k in ("k", "steps", "overrides", "hypothesis")} for n, e in data.items()}},
+        indent=2) + "\n")
+    _plot(data, verdicts, out / "pilot.png")
+    print((out / "pilot.md").read_text())
+
+
+def _plot(data: dict, verdicts: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data)
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        entry, v = data[name], verdicts[name]
+        for n_layer, style in ((entry["k"], "-"), (entry["k"] // 2, "--")):
+            for i, r in enumerate(entry["runs"].get(n_layer, [])):
+                if r["curve"]:
+                    steps, losses = zip(*r["curve"])
+                    ax.plot(steps, losses, style, color="C0" if n_layer == entry["k"] else "C1", alpha=0.8,
+                            marker="o", markersize=2, label=f"{n_layer}L" if i == 0 else None)
+        title = f"{name}: gap {v['gap']:+.3f}" if "gap" in v else f"{name}: no runs"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("val loss")
+        finals = [r["val_loss"] for rs in entry["runs"].values() for r in rs]
+        if finals:
+            lo = min(finals)
+            ax.set_ylim(lo - 0.1, lo + 1.2)
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Regime pilot: k-layer (solid) vs k/2-layer (dashed) scratch at equal steps", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--configs", default=",".join(CONFIGS))
+    r.add_argument("--seeds", default="1")
+    r.add_argument("--jobs", type=int, default=2)
+    p = sub.add_parser("report")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "regime")
+    a = ap.parse_args()
+    if a.cmd == "run":
+        unknown = [c for c in a.configs.split(",") if c not in CONFIGS]
+        if unknown:
+            sys.exit(f"error: unknown pilot config(s) {unknown}; known: {list(CONFIGS)}")
+        run(a.configs.split(","), [int(s) for s in a.seeds.split(",")], a.jobs)
+    else:
+        report(a.out)
+
+
+if __name__ == "__main__":
+    main()
