@@ -6,7 +6,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lit_inheritune import schema
+
 CONFIG_DIR = Path(__file__).parent / "conf"
+
+schema.register()
 
 # val_check_interval counts micro-batches: val_every_n_steps * accumulate_grad_batches.
 if not OmegaConf.has_resolver("mul"):
