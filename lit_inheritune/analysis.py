@@ -448,6 +448,7 @@ def check_inputs(ckpt_paths: Mapping[str, str | Path], data_dir: str | Path, seq
     """Fail before any compute: checkpoints exist and are GPT checkpoints, the data is prepared, the
     windows fit every model's context and the tokenizer's ids fit every model's vocabulary.
     Returns {label: model config dict}."""
+    from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.data.prepare import DataError, load_prepared
 
     if not ckpt_paths:
@@ -464,11 +465,7 @@ def check_inputs(ckpt_paths: Mapping[str, str | Path], data_dir: str | Path, seq
         raise AnalysisError(f"{data_dir} val split holds {len(val)} tokens, too few for windows of {seq_len}")
     configs = {}
     for label, p in ckpt_paths.items():
-        # mmap: reads the hyperparameters without pulling the weights into memory.
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        config = (ckpt.get("hyper_parameters") or {}).get("model")
-        if config is None or "state_dict" not in ckpt:
-            raise AnalysisError(f"{p} is not a lit_inheritune GPT checkpoint (no model hyperparameters)")
+        config = checkpoint_config(p)  # CheckpointError naming a corrupt or foreign file
         if seq_len > config["block_size"]:
             raise AnalysisError(f"seq_len={seq_len} exceeds block_size={config['block_size']} of {label} ({p})")
         if manifest["vocab_size"] > config["vocab_size"]:

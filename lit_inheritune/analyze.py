@@ -13,9 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lit_inheritune.analysis import AnalysisError, _safe_label, analyze_checkpoint
+from lit_inheritune.analysis import AnalysisError, _safe_label, analyze_checkpoint, check_inputs
 from lit_inheritune.config import CONFIG_DIR
-from lit_inheritune.hf import HFLoadError
+from lit_inheritune.errors import cli_errors, run_cli
 from lit_inheritune.runs import run_dir_of
 
 
@@ -70,13 +70,21 @@ def checkpoints_of(cfg: DictConfig) -> dict[str, str]:
     return ckpts
 
 
+def preflight(cfg: DictConfig) -> None:
+    """The checkpoints and the data, checked before Hydra creates out_dir (the Preflight callback in
+    analyze.yaml; analyze_checkpoint checks them again). A Hugging Face model is checked as it loads."""
+    if cfg.get("hf"):
+        return
+    if OmegaConf.is_missing(cfg, "data_dir"):
+        raise AnalysisError("no data directory given: pass data_dir=DIR (a prepared dataset)")
+    check_inputs(checkpoints_of(cfg), cfg.data_dir, cfg.seq_len)
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    try:
+    with cli_errors():
         if cfg.get("hf"):
             result = run_hf(cfg)
-        elif OmegaConf.is_missing(cfg, "data_dir"):
-            raise AnalysisError("no data directory given: pass data_dir=DIR (a prepared dataset)")
         else:
             result = analyze_checkpoint(
                 checkpoints_of(cfg),
@@ -94,8 +102,6 @@ def main(cfg: DictConfig) -> dict:
                 batch_size=cfg.batch_size,
                 precision=str(cfg.precision),
             )
-    except (AnalysisError, HFLoadError) as e:
-        raise SystemExit(f"error: {e}") from None
     for label, report in result["reports"].items():
         print(f"{label}: lazy layers {report['lazy_layers']} (tau={report['primary_tau']}), "
               f"MaxRank {[round(r, 2) for r in report['max_rank']]}")
@@ -104,4 +110,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

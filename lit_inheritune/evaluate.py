@@ -26,6 +26,7 @@ from lm_eval.api.model import TemplateLM
 from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.config import CONFIG_DIR
+from lit_inheritune.errors import cli_errors, run_cli
 from lit_inheritune.model import GPT
 from lit_inheritune.tokenizer import Tokenizer
 
@@ -198,6 +199,40 @@ def task_manager(task_names: Sequence[str], include_path: str | Sequence[str] | 
     return TaskManager(include_path=include_path)
 
 
+def _lm_eval_words() -> set[str]:
+    """Every word in lm-eval's task YAMLs (a second on 2 cores; its task index takes ~20 s)."""
+    import re
+    from importlib.util import find_spec
+
+    root = Path(find_spec("lm_eval").submodule_search_locations[0]) / "tasks"
+    words: set[str] = set()
+    for path in root.rglob("*.yaml"):
+        words.update(re.findall(r"[\w.-]+", path.read_text(encoding="utf-8", errors="ignore")))
+    return words
+
+
+def check_task_names(task_names: Sequence[str], include_path: str | Sequence[str] | None = None) -> None:
+    """Refuse, before any model is loaded, a task that is neither in `include_path` nor named anywhere in
+    lm-eval's task YAMLs (a typo, usually). A name that is there may still fail later, in `load_tasks`."""
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    paths = [include_path] if isinstance(include_path, str) else list(include_path or [])
+    for path in paths:
+        if not Path(path).is_dir():
+            raise EvaluationError(f"include_path={path}: no such directory of task YAMLs")
+    local = set(TaskManager(include_path=paths, include_defaults=False).all_tasks) if paths else set()
+    names = [n for n in task_names if n != LAST_WORD_TASK and n not in local and not Path(n).is_file()]
+    unknown = [n for n in names if n not in _lm_eval_words()] if names else []
+    if unknown:
+        known = sorted(local | {*PAPER_TASKS, LAST_WORD_TASK})
+        hints = {n: difflib.get_close_matches(n, known, n=1) for n in unknown}
+        hint = "; ".join(f"did you mean {m[0]}?" for m in hints.values() if m)
+        raise EvaluationError(f"unknown task(s) {unknown} (tasks=): neither an lm-eval task nor a task in "
+                              f"include_path={paths or None}" + (f"; {hint}" if hint else ""))
+
+
 def load_tasks(task_names: Sequence[str], manager) -> list:
     """Build each task (which loads its data) on its own, so a dataset out of reach is reported with the task
     that needs it. Returns Task and Group objects for `simple_evaluate(tasks=...)`."""
@@ -262,6 +297,7 @@ def evaluate_checkpoint(
 
     if not tasks:
         raise EvaluationError(f"no tasks given: pass tasks=[...], e.g. tasks=[{','.join(PAPER_TASKS)}]")
+    check_task_names(tasks, include_path)
     if hf:
         if LAST_WORD_TASK in tasks and not data_dir:
             raise EvaluationError(f"task {LAST_WORD_TASK!r} is built from a prepared dataset's val split; with "
@@ -291,10 +327,10 @@ def evaluate_checkpoint(
 
 def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -> tuple[GPT, Tokenizer]:
     """The model in one of our checkpoints and the tokenizer its run trained with."""
+    from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
 
-    if not Path(ckpt).is_file():
-        raise EvaluationError(f"checkpoint {ckpt} not found")
+    checkpoint_config(ckpt)  # a missing, corrupt or foreign file is named before anything else is read
     tok = resolve_tokenizer(ckpt, tokenizer, data_dir)
     try:
         return gpt_from_checkpoint(ckpt), tok
@@ -331,7 +367,7 @@ if not OmegaConf.has_resolver("eval_dir"):
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    try:
+    with cli_errors():
         if bool(cfg.ckpt) == bool(cfg.hf):
             raise EvaluationError("pass one model: ckpt=PATH (e.g. <run dir>/checkpoints/last.ckpt) or hf=NAME "
                                   "(a pretrained Hugging Face model, e.g. hf=smollm2)")
@@ -355,12 +391,10 @@ def main(cfg: DictConfig) -> dict:
             last_word=OmegaConf.to_container(cfg.lastword),
             hf={"path": str(cfg.hf), "gguf_file": cfg.hf_gguf_file, "cache_dir": cfg.hf_cache_dir} if cfg.hf else None,
         )
-    except EvaluationError as e:
-        raise SystemExit(f"error: {e}") from None
     print(results_markdown(report))
     print(f"wrote {Path(cfg.out).resolve()}/results.json and results.md")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.config import CONFIG_DIR
+from lit_inheritune.errors import cli_errors, run_cli
 from lit_inheritune.model import GPT, GPTConfig
 from lit_inheritune.tokenizer import EOT_TOKEN, BPETokenizer, TiktokenTokenizer, Tokenizer
 
@@ -208,6 +209,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
 
     Everything is checked before anything is written, and the directory is assembled next to `out` and moved
     into place at the end, so a failed export never leaves a half-written (or half-deleted) `out`."""
+    from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
@@ -221,12 +223,11 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
         if _within(ckpt, out) or _within(Path.cwd(), out):
             raise ExportError(f"out={out} holds the checkpoint or the working directory; overwrite=true would "
                               "delete it, so choose another out")
+    checkpoint_config(ckpt)  # CheckpointError naming a corrupt (e.g. truncated) or foreign file
     try:
         model = gpt_from_checkpoint(ckpt)
     except SurgeryError as e:
         raise ExportError(str(e)) from None
-    except Exception as e:  # not a torch file at all, or one weights_only refuses
-        raise ExportError(f"cannot read checkpoint {ckpt}: {type(e).__name__}: {e}") from None
     tok = resolve_tokenizer(tokenizer, data_dir, ckpt)
     if tok is not None and tok.vocab_size > model.config.vocab_size:
         raise ExportError(f"tokenizer {tok.name} has {tok.vocab_size} ids but the model's vocab_size is "
@@ -252,17 +253,15 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> Path:
-    try:
+    with cli_errors():
         for key in ("ckpt", "out"):
             if OmegaConf.is_missing(cfg, key) or not cfg[key]:
                 raise ExportError(f"no {key} given: python -m lit_inheritune.export ckpt=PATH out=DIR")
         out = export_checkpoint(cfg.ckpt, cfg.out, tokenizer=cfg.tokenizer, data_dir=cfg.data_dir,
                                 overwrite=bool(cfg.overwrite))
-    except ExportError as e:
-        raise SystemExit(f"error: {e}") from None
     print(f"wrote {out.resolve()}: GPT2LMHeadModel" + ("" if cfg.tokenizer == "none" else " and tokenizer"))
     return out
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from lit_inheritune.errors import ArgumentParser, ConfigError, run_cli
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.paper import official_curves, published
 from lit_inheritune.provenance import provenance
@@ -310,21 +311,22 @@ def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m lit_inheritune.report", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("group_dir", type=Path, help="outputs/<experiment name>")
     parser.add_argument("--out", type=Path, required=True, help="where runs.md and runs.json go")
     parser.add_argument("--expect", nargs="*", default=None, help="row labels to list, in order; absent = missing")
     parser.add_argument("--suite", default=None, help="also write the paper's tables (a key of paper/suites.yaml)")
     args = parser.parse_args(argv)
     if not args.group_dir.is_dir():
-        raise SystemExit(f"error: {args.group_dir} is not a directory of runs")
+        raise ConfigError(f"{args.group_dir} is not a directory of runs (outputs/<experiment name>)")
     suites = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())
     if args.suite and args.suite not in suites:
-        raise SystemExit(f"error: unknown suite {args.suite!r}; known: {sorted(suites)}")
+        raise ConfigError(f"unknown --suite {args.suite!r}; known: {', '.join(sorted(suites))}")
     print(f"wrote {write_report(args.group_dir, args.out, args.expect)}")
     if args.suite:
         print(f"wrote {write_suite(args.group_dir, args.out, args.suite)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

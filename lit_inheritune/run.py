@@ -10,6 +10,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lit_inheritune.checks import distilbert_blocks, preflight
+from lit_inheritune.checks import is_hf as _is_hf
 from lit_inheritune.model import GPT
 from lit_inheritune.provenance import provenance
 from lit_inheritune.surgery import (
@@ -23,15 +25,7 @@ from lit_inheritune.surgery import (
 )
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
-from lit_inheritune.training.runner import ConfigError, check_schedule, fit_stage, write_json_atomic
-
-HF_MODEL = "lit_inheritune.hf.HFModelSpec"
-HF_METHODS = ("inheritune", "scratch")  # what model=hf (a pretrained Hugging Face reference) supports
-
-
-def _is_hf(cfg: DictConfig) -> bool:
-    """`model=hf`: the reference is a pretrained Hugging Face model (lit_inheritune/hf.py), not our GPT."""
-    return cfg.model.get("_target_") == HF_MODEL
+from lit_inheritune.training.runner import fit_stage, write_json_atomic
 
 
 def _meta(cfg: DictConfig, stage: str) -> dict:
@@ -91,27 +85,6 @@ def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
     return gpt_from_checkpoint(result["last_checkpoint"]), result
 
 
-def _validate_inheritune(cfg: DictConfig) -> None:
-    m, k = cfg.method, cfg.model.n_layer
-    n = len(m.blocks) if m.blocks else m.n_layer
-    if not 1 <= n <= k:
-        raise ConfigError(f"method.n_layer={n}: cannot inherit {n} layers from a {k}-layer reference")
-    if m.blocks and not all(0 <= b < k for b in m.blocks):
-        raise ConfigError(f"method.blocks={list(m.blocks)} names blocks outside the {k}-layer reference")
-    if m.max_layers > k:
-        raise ConfigError(f"method.max_layers={m.max_layers} exceeds the reference's {k} layers")
-    for steps in [m.reference.max_steps, *(m.scratch_baselines or [])]:
-        if steps % cfg.train.val_every_n_steps:
-            raise ConfigError(f"{steps} steps (reference or scratch baseline) is not a multiple of "
-                              f"train.val_every_n_steps={cfg.train.val_every_n_steps}")
-    if m.grow_mode not in ("append", "reinherit"):
-        raise ConfigError(f"method.grow_mode must be 'append' or 'reinherit', got {m.grow_mode!r}")
-    if _is_hf(cfg) and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
-        raise ConfigError("a Hugging Face reference is inherited as the official lit-gpt code did (whole layers, "
-                          "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
-                          "and method.copy_ln_f=true")
-
-
 def _surgery(cfg: DictConfig):
     """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)) for the configured model: surgery.py
     for our GPT, hf.py for Hugging Face models (whose targets train in float32 whatever the reference's dtype)."""
@@ -129,7 +102,6 @@ def _surgery(cfg: DictConfig):
 def run_inheritune(cfg: DictConfig) -> list[dict]:
     """Algorithm 1: inherit, train, and grow until the target matches the reference's val loss."""
     m = cfg.method
-    _validate_inheritune(cfg)
     datamodule = instantiate(cfg.data)
     reference, ref_result = obtain_reference(cfg, datamodule)
     if ref_result is None:
@@ -206,8 +178,6 @@ def run_stacking(cfg: DictConfig) -> list[dict]:
     """Stacking: train an n/2-layer model from scratch for T steps (the scratch run of that size), copy its
     blocks 0..n/2-1 into n/2..n-1 and train T more steps. `model` is the reference; n = method.n_layer."""
     n = int(cfg.method.n_layer)
-    if n % 2 or not 2 <= n <= cfg.model.n_layer:
-        raise ConfigError(f"stacking needs an even method.n_layer <= {cfg.model.n_layer}, got {n}")
     datamodule = instantiate(cfg.data)
     first = train_scratch(cfg, datamodule, n // 2, cfg.train.max_steps, stage=f"stage1-L{n // 2}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -218,8 +188,6 @@ def run_stacking(cfg: DictConfig) -> list[dict]:
 def run_hybrid_stacking(cfg: DictConfig) -> list[dict]:
     """Hybrid stacking: reference blocks 0..n/2-1 repeated to fill n blocks, trained T steps."""
     n = int(cfg.method.n_layer)
-    if not 2 <= n <= cfg.model.n_layer:
-        raise ConfigError(f"hybrid stacking needs 2 <= method.n_layer <= {cfg.model.n_layer}, got {n}")
     datamodule = instantiate(cfg.data)
     reference, _ = obtain_reference(cfg, datamodule)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -228,23 +196,11 @@ def run_hybrid_stacking(cfg: DictConfig) -> list[dict]:
 
 def run_half_width(cfg: DictConfig) -> list[dict]:
     """Half width: the reference's depth at half its width and heads, sliced from it, trained T steps."""
-    if cfg.model.n_head % 2 or cfg.model.n_embd % 2:
-        raise ConfigError(f"half width needs even heads and width, got n_head={cfg.model.n_head}, "
-                          f"n_embd={cfg.model.n_embd} (the paper's XLarge has 25 heads and no half-width row)")
     datamodule = instantiate(cfg.data)
     reference, _ = obtain_reference(cfg, datamodule)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = half_width(reference)
     return [_train_from(cfg, datamodule, model, f"halfwidth-L{model.config.n_layer}-d{model.config.n_embd}")]
-
-
-def distilbert_blocks(n_teacher: int, n_student: int) -> list[int]:
-    """Teacher blocks a DistilBERT-style student starts from: every other block (0, 2, 4, ...), then, for
-    students deeper than half the teacher, the blocks just before the last two (the paper's 16L student of
-    a 24L teacher: 0, 2, ..., 22, then 18..21)."""
-    evens = list(range(0, n_teacher, 2))[:n_student]
-    extra = n_student - len(evens)
-    return evens + list(range(n_teacher - 2 - extra, n_teacher - 2))
 
 
 def run_kd(cfg: DictConfig) -> list[dict]:
@@ -257,10 +213,6 @@ def run_kd(cfg: DictConfig) -> list[dict]:
     blocks = None
     if m.name == "distilbert_kd":
         blocks = list(m.student_blocks) if m.student_blocks else distilbert_blocks(k, n)
-        missing = [b for b in blocks if not 0 <= b < k]
-        if len(blocks) != n or missing:
-            raise ConfigError(f"method.student_blocks={blocks} must list {n} blocks of the {k}-layer teacher"
-                              + (f"; {missing} do not exist" if missing else ""))
     datamodule = instantiate(cfg.data)
     teacher, _ = obtain_reference(cfg, datamodule)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -320,12 +272,7 @@ def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
 
 
 def run(cfg: DictConfig) -> list[dict]:
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method.name!r}; known: {sorted(METHODS)}")
-    if _is_hf(cfg) and cfg.method.name not in HF_METHODS:
-        raise ConfigError(f"method {cfg.method.name!r} supports our GPT models only; with model=hf use one of "
-                          f"{list(HF_METHODS)}")
-    check_schedule(cfg)
+    preflight(cfg)  # every check that needs no trained model (lit_inheritune/checks.py), before any compute
     results = METHODS[cfg.method.name](cfg)
     for result in results:
         print(summary_line(cfg, result), flush=True)

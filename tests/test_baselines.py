@@ -5,9 +5,9 @@ import torch
 from conftest import TINY
 
 from lit_inheritune.config import compose
+from lit_inheritune.errors import ConfigError
 from lit_inheritune.run import reference_dir, run, scratch_dir
 from lit_inheritune.surgery import gpt_from_checkpoint
-from lit_inheritune.training.runner import ConfigError
 
 
 def _cfg(tmp_path, data_dir, method, *extra):

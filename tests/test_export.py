@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lit_inheritune.errors import CheckpointError
 from lit_inheritune.export import (
     ExportError,
     check_exportable,
@@ -159,13 +161,13 @@ def test_cli_exports_a_run_with_its_datasets_tokenizer(tmp_path, fixture_data_di
     assert json.loads((out / "config.json").read_text())["eos_token_id"] == ours.eot_id
 
 
-def test_bad_requests_fail_clearly_before_writing(tmp_path, monkeypatch):
+def test_bad_requests_fail_clearly_before_writing(tmp_path, monkeypatch, capsys):
     ckpt = save_checkpoint(tmp_path / "run" / "last.ckpt", tiny_gpt(n_layer=2))
     out = tmp_path / "out"
     with pytest.raises(ExportError, match="checkpoint file .*nope.ckpt not found"):
         export_checkpoint(tmp_path / "nope.ckpt", out, tokenizer="none")
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
-    with pytest.raises(ExportError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.ckpt is corrupt"):
         export_checkpoint(tmp_path / "junk.ckpt", out, tokenizer="none")
     with pytest.raises(ExportError, match="no data_dir given and no run config"):
         export_checkpoint(ckpt, out)  # tokenizer=auto, but nothing says which dataset
@@ -185,12 +187,17 @@ def test_bad_requests_fail_clearly_before_writing(tmp_path, monkeypatch):
     export_checkpoint(ckpt, out, tokenizer="none", overwrite=True)
     assert "notes.txt" not in os.listdir(out) and (out / "config.json").is_file()
 
-    # The CLI prints the message as one line, without a traceback.
+    # The CLI prints the message as one line, without a traceback, and exits with 2.
     from lit_inheritune import export
+    from lit_inheritune.errors import run_cli
 
     monkeypatch.setattr(sys, "argv", ["export", f"ckpt={ckpt}", f"out={out}", "tokenizer=none"])
-    with pytest.raises(SystemExit, match=r"^error: out=.* exists and is not empty"):
-        export.main()
+    capsys.readouterr()  # the exports above print progress bars
+    with pytest.raises(SystemExit) as exit:
+        run_cli(export.main)
+    assert exit.value.code == 2
+    assert re.fullmatch(r"error: out=.* exists and is not empty; pass overwrite=true to replace it\n",
+                        capsys.readouterr().err)
 
 
 def test_models_hf_gpt2_cannot_express_are_refused():

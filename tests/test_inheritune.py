@@ -8,10 +8,10 @@ import torch
 from conftest import TINY
 
 from lit_inheritune.config import compose
+from lit_inheritune.errors import ConfigError
 from lit_inheritune.run import reference_dir, run, scratch_dir
 from lit_inheritune.surgery import gpt_from_checkpoint
 from lit_inheritune.training import runner
-from lit_inheritune.training.runner import ConfigError
 
 
 def _cfg(tmp_path, data_dir, *extra):
@@ -137,9 +137,7 @@ def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixtur
     wide = compose([*TINY, "model.n_layer=4", "model.n_embd=64", "train.max_steps=10", "train.val_every_n_steps=10",
                     f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=wide"])
     [ref] = run(wide)
-    from lit_inheritune.surgery import SurgeryError
-
-    with pytest.raises(SurgeryError, match="n_embd"):
+    with pytest.raises(ConfigError, match="has n_embd=64 but the config describes a reference with model.n_embd=32"):
         run(_cfg(tmp_path, fixture_data_dir, f"method.reference.ckpt={ref['last_checkpoint']}"))
 
 

@@ -108,7 +108,9 @@ def test_non_finite_loss_stops_with_the_step_named(tmp_path, fixture_data_dir, m
 
 
 def test_schedule_must_end_on_a_validation_step(tmp_path, fixture_data_dir):
-    with pytest.raises(ConfigError, match="multiple of train.val_every_n_steps"):
+    from lit_inheritune import errors  # raised by the checks before any compute (lit_inheritune/checks.py)
+
+    with pytest.raises(errors.ConfigError, match="multiple of train.val_every_n_steps"):
         run(_cfg(tmp_path, fixture_data_dir, "train.max_steps=45"))
 
 

@@ -448,7 +448,7 @@ def resolve_paths(patterns: Sequence[str | Path]) -> list[Path]:
             found += sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
-        raise CorpusError(f"no files match {list(map(str, patterns))}")
+        raise CorpusError(f"no files match {list(map(str, patterns))}; give existing files, directories or globs")
     unsupported = [str(p) for p in unique if p.suffix not in LOCAL_SUFFIXES]
     if unsupported:
         raise CorpusError(f"unsupported file types (expected {', '.join(LOCAL_SUFFIXES)}): {unsupported[:5]}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lit_inheritune.data.prepare import DataError, load_prepared, prepare
+from lit_inheritune.data.prepare import DataError, check_fits, load_prepared, prepare
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,18 +99,8 @@ class TokenDataModule(L.LightningDataModule):
         if self.manifest is not None:
             return
         self.manifest, self.train_tokens, self.val_tokens = load_prepared(self.data_dir, self.verify_checksum)
-        vocab = int(self.manifest["tokenizer"]["vocab_size"])
-        if vocab > self.model_vocab_size:
-            raise DataError(
-                f"{self.data_dir} was tokenized with a vocabulary of {vocab} ids but the model has "
-                f"vocab_size={self.model_vocab_size}; use a model config whose vocab_size >= {vocab}"
-            )
-        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
-            if len(tokens) <= self.block_size + 1:
-                raise DataError(
-                    f"{split}.bin in {self.data_dir} holds {len(tokens)} tokens, too few for one window of "
-                    f"block_size={self.block_size}"
-                )
+        check_fits(self.data_dir, self.manifest, self.train_tokens, self.val_tokens, self.block_size,
+                   self.model_vocab_size)
         rng = np.random.default_rng(self.val_seed)
         starts = rng.integers(0, len(self.val_tokens) - self.block_size - 1, size=self.num_val_windows)
         self.val_set = TensorDataset(*_windows(self.val_tokens, np.sort(starts), self.block_size))

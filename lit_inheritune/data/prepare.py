@@ -15,7 +15,6 @@ and tokens written is saved to `prepare_state.json`. A rerun truncates the shard
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lit_inheritune.data.corpus import CorpusPart, load_corpus
+from lit_inheritune.errors import ArgumentParser, run_cli
 from lit_inheritune.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer, sha256_file, train_bpe
 
 FORMAT_VERSION = 1
@@ -268,6 +268,91 @@ def prepare(
     return manifest
 
 
+TOKENIZER_KINDS = ("gpt2", "bpe", "hf")
+SOURCE_KINDS = ("embedded", "local", "hub")
+GPT2_VOCAB_SIZE = 50257
+
+
+def check_request(request: Mapping, model_vocab_size: int | None = None) -> None:
+    """Before anything is prepared: the source and tokenizer of a prepare request (the `data.prepare` section)
+    can work, and the tokenizer's ids fit a model of `model_vocab_size`. Raises DataError naming the key."""
+    from lit_inheritune.data.corpus import CorpusError, resolve_paths
+
+    source, tokenizer = request["source"], request["tokenizer"]
+    if source.get("kind") not in SOURCE_KINDS:
+        raise DataError(f"data.prepare.source.kind={source.get('kind')!r} is not one of {', '.join(SOURCE_KINDS)}")
+    if source["kind"] == "local":
+        try:
+            resolve_paths(source.get("paths") or [])
+        except CorpusError as e:
+            raise DataError(f"data.prepare.source.paths: {e}") from None
+    kind = tokenizer.get("kind")
+    if kind not in TOKENIZER_KINDS:
+        raise DataError(f"data.prepare.tokenizer.kind={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
+    vocab = GPT2_VOCAB_SIZE if kind == "gpt2" else tokenizer.get("vocab_size")
+    if kind == "bpe" and not vocab:
+        raise DataError("a bpe tokenizer needs data.prepare.tokenizer.vocab_size")
+    if vocab and model_vocab_size and vocab > model_vocab_size:
+        raise DataError(f"data.prepare.tokenizer ({kind}) makes {vocab} token ids but model.vocab_size="
+                        f"{model_vocab_size}; use a model config whose vocab_size >= {vocab}")
+    if request.get("eot", "append") not in EOT_PLACEMENTS:
+        raise DataError(f"data.prepare.eot={request['eot']!r} is not one of {', '.join(EOT_PLACEMENTS)}")
+    if not 0 <= request.get("val_fraction", 0) < 1:
+        raise DataError(f"data.prepare.val_fraction={request['val_fraction']} must lie in [0, 1)")
+
+
+def _local_files(paths) -> list[str] | None:
+    from lit_inheritune.data.corpus import CorpusError, resolve_paths
+
+    try:
+        return [str(p) for p in resolve_paths(paths)]
+    except CorpusError:
+        return None
+
+
+def request_differences(manifest: dict, request: Mapping) -> list[str]:
+    """How a prepare request (source, tokenizer, val_fraction, split_seed, eot) differs from the preparation
+    `manifest` records, one "key: prepared X, asked Y" per difference; [] when the directory holds what is asked.
+
+    Cache directories are properties of the machine and stay out of the comparison, as out of the manifest; an
+    option that is unset and one that is null or false are the same; a local source's paths written differently
+    (relative, absolute, a glob) are the same when they name the same files."""
+    recorded, request = manifest.get("config") or {}, _plain(request)
+    differences = []
+    for key in ("val_fraction", "split_seed", "eot"):
+        if key in request and request[key] != recorded.get(key):
+            differences.append(f"{key}: prepared {recorded.get(key)!r}, asked {request[key]!r}")
+    for section in ("source", "tokenizer"):
+        old, new = recorded.get(section) or {}, request.get(section) or {}
+        for key in sorted((old.keys() | new.keys()) - {"cache_dir", "parts"}):
+            a, b = old.get(key), new.get(key)
+            if (a or None) == (b or None):
+                continue
+            if section == "source" and key == "paths":
+                files = [f for part in old.get("parts", []) for f in part.get("files", [])]
+                if files and _local_files(b) == files:
+                    continue
+            differences.append(f"{section}.{key}: prepared {a!r}, asked {b!r}")
+    return differences
+
+
+def check_fits(data_dir: Path, manifest: dict, train: np.ndarray, val: np.ndarray, block_size: int,
+               model_vocab_size: int) -> None:
+    """The prepared tokens fit the model: every id below its vocab_size, each split longer than one window."""
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    if vocab > model_vocab_size:
+        raise DataError(
+            f"{data_dir} was tokenized with a vocabulary of {vocab} ids but the model has "
+            f"vocab_size={model_vocab_size}; use a model config whose vocab_size >= {vocab}"
+        )
+    for split, tokens in (("train", train), ("val", val)):
+        if len(tokens) <= block_size + 1:
+            raise DataError(
+                f"{split}.bin in {data_dir} holds {len(tokens)} tokens, too few for one window of "
+                f"block_size={block_size}"
+            )
+
+
 def load_prepared(data_dir: str | Path, verify_checksum: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
     """Open a prepared directory: (manifest, train tokens, val tokens), tokens as read-only uint16 memmaps.
 
@@ -323,7 +408,7 @@ def load_prepared(data_dir: str | Path, verify_checksum: bool = True) -> tuple[d
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m lit_inheritune.data.prepare",
         description="Tokenize a corpus into train.bin / val.bin (uint16) with a manifest.json.",
     )
@@ -376,4 +461,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

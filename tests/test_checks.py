@@ -1,0 +1,69 @@
+"""The config schemas and the pre-compute checks agree with the code they guard (issue #12)."""
+
+import dataclasses
+import inspect
+import json
+
+import pytest
+
+from lit_inheritune import checks, schema
+from lit_inheritune.config import compose
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_schemas_have_the_fields_of_what_they_instantiate():
+    from lit_inheritune.data.datamodule import TokenDataModule
+    from lit_inheritune.data.prepare import prepare
+    from lit_inheritune.hf import HFModelSpec
+    from lit_inheritune.model import GPTConfig
+    from lit_inheritune.training.optim import OptimConfig
+
+    assert _fields(schema.GPTModelSchema) == _fields(GPTConfig) | {"_target_"}
+    assert _fields(schema.HFModelSchema) == _fields(HFModelSpec) | {"_target_"}
+    assert _fields(schema.OptimSchema) - {"_target_"} <= _fields(OptimConfig)
+    assert _fields(schema.DataSchema) - {"_target_"} <= set(inspect.signature(TokenDataModule).parameters)
+    assert _fields(schema.PrepareSchema) <= set(inspect.signature(prepare).parameters)
+
+
+def test_checks_know_the_methods_and_parts_the_code_has():
+    from lit_inheritune.run import METHODS
+    from lit_inheritune.surgery import BLOCK_PARTS
+
+    assert set(checks.METHOD_CHECKS) == set(METHODS)
+    assert checks.BLOCK_PARTS == tuple(BLOCK_PARTS)
+
+
+@pytest.mark.parametrize("override, key", [("train.max_steps=abc", "train.max_steps"),
+                                           ("method.grow_by=two", "method.grow_by"),
+                                           ("model.n_head=1.5", "model.n_head"),
+                                           ("data.verify_checksum=maybe", "data.verify_checksum"),
+                                           ("method.blocks=[a,b]", "method.blocks")])
+def test_wrong_types_are_refused_while_composing_naming_the_key(override, key):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=f"override {key}="):
+        compose(["method=inheritune", override])
+
+
+def test_prepared_data_is_compared_with_the_request_key_by_key(fixture_data_dir, monkeypatch, tmp_path):
+    from lit_inheritune.data.prepare import request_differences
+
+    manifest = json.loads((fixture_data_dir / "manifest.json").read_text())
+    request = json.loads(json.dumps(manifest["config"]))
+    request["source"].pop("parts")
+    assert request_differences(manifest, request) == []
+    # the same files written another way, and a cache directory (a property of the machine), are the same data
+    [corpus] = request["source"]["paths"]
+    monkeypatch.chdir(corpus)
+    assert request_differences(manifest, {**request, "source": {**request["source"], "paths": ["*.txt"]}}) == []
+    assert request_differences(manifest, {**request, "tokenizer": {**request["tokenizer"], "cache_dir": "x"}}) == []
+    other = {**request, "tokenizer": {**request["tokenizer"], "vocab_size": 1024}, "eot": "prepend",
+             "source": {**request["source"], "paths": [str(tmp_path)]}}
+    assert request_differences(manifest, other) == [
+        "eot: prepared 'append', asked 'prepend'",
+        f"source.paths: prepared [{corpus!r}], asked [{str(tmp_path)!r}]",
+        "tokenizer.vocab_size: prepared 512, asked 1024",
+    ]
