@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --out experiments/results/benchmarks/throughput.json
+	$(BIN)/python benchmarks/startup.py --out experiments/results/benchmarks/startup.json
 
 # Every CPU-scale table (1, 2, 3, KD, lazy transfer), the attention analysis and the report, resumable.
 reproduce-cpu: $(STAMP)

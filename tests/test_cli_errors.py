@@ -200,6 +200,21 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     assert "Traceback" in done.stderr and "ConfigError: train.max_steps=-20 must be positive" in done.stderr
 
 
+def test_help_describes_the_tool_groups_experiments_and_companion_commands(tmp_path):
+    done = run_cli(["lit_inheritune", "--help"], tmp_path)
+    assert done.returncode == 0 and not done.stderr
+    text = done.stdout
+    assert text.startswith("lit_inheritune: the Inheritune paper (arXiv 2404.08634)")
+    for group in ("data", "experiment", "method", "model", "trainer"):
+        assert re.search(rf"^{group}: \w", text, re.M), group  # every group with its options
+    for experiment in ("demo", "cpu_medium_16l", "cpu_lazy_transfer", "cpu_smollm2_15l", "gpt2_medium_16l"):
+        assert f"\n  {experiment} " in text, experiment
+    for command in ("data.prepare", "evaluate", "analyze", "export", "report"):
+        assert f"python -m lit_inheritune.{command} " in text, command
+    assert "model=cpu_tiny wants data=fixture" in text
+    assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
 def test_every_error_class_of_the_package_is_an_expected_failure():
     """A new *Error class must be listed in errors.EXPECTED (or the CLI would print its traceback)."""
     from lit_inheritune.errors import EXPECTED
