@@ -303,15 +303,25 @@ def _pyplot():
     return plt
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot_max_rank(reports: Mapping[str, dict], path: str | Path, tau: float | None = None) -> Path:
     """Two panels, one line per model: MaxRank(l) at tau (default: each report's primary tau) and AvgMass(l)."""
     plt = _pyplot()
     fig, (ax_rank, ax_mass) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for label, report in reports.items():
+    n = len(reports)
+    for i, (label, report) in enumerate(reports.items()):
         key = tau_key(tau) if tau is not None else report["primary_tau"]
         layers = range(report["n_layer"])
-        ax_rank.plot(layers, report["per_tau"][key]["max_rank"], marker="o", ms=3, label=label)
-        ax_mass.plot(layers, report["avg_mass"], marker="o", ms=3, label=label)
+        # Identical series (the same model under two labels, or two models that measure alike) must not hide
+        # each other: each later one is drawn thinner, with a smaller hollow marker of another shape, dashed.
+        shrink = i / max(n - 1, 1)
+        style = dict(marker=MARKERS[i % len(MARKERS)], ms=9 - 5 * shrink, mfc="none", mew=1.2,
+                     ls=LINESTYLES[i % len(LINESTYLES)], lw=2.4 - 1.4 * shrink, label=label)
+        ax_rank.plot(layers, report["per_tau"][key]["max_rank"], **style)
+        ax_mass.plot(layers, report["avg_mass"], **style)
     key = tau_key(tau) if tau is not None else next(iter(reports.values()))["primary_tau"]
     eta = next(iter(reports.values()))["eta"]
     ax_rank.axhline(1, color="grey", ls="--", lw=1, label="rank 1 (lazy layer)")
@@ -334,13 +344,15 @@ def plot_rank_heatmap(report: dict, path: str | Path, tau: float | None = None, 
     key = tau_key(tau) if tau is not None else report["primary_tau"]
     rank = np.asarray(report["per_tau"][key]["rank"]).T  # (H, L)
     H, L = rank.shape
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * L + 2), max(3, 0.3 * H + 1.5)), constrained_layout=True)
+    # Wide and tall enough for the two-line title and the colour bar's label at any depth and head count
+    # (constrained_layout keeps everything inside the figure only if it fits).
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * L + 3), max(3.8, 0.3 * H + 2.2)), constrained_layout=True)
     image = ax.imshow(rank, origin="lower", aspect="auto", cmap="viridis", vmin=1)
     heads, layers = np.nonzero(rank <= report["near_rank1"])
     ax.scatter(layers, heads, marker="x", color="red", s=25, label=f"near rank 1 (Rank <= {report['near_rank1']:g})")
-    fig.colorbar(image, ax=ax, label=f"Rank(h, l): mean k* at tau={key}")
-    ax.set(xlabel="layer (0-based)", ylabel="head (0-based)",
-           title=f"{title + ': ' if title else ''}approximate rank per head (tau={key})")
+    fig.colorbar(image, ax=ax, label=f"Rank(h, l): mean k*, tau={key}")
+    ax.set(xlabel="layer (0-based)", ylabel="head (0-based)")
+    ax.set_title(f"{title + chr(10) if title else ''}approximate rank per head (tau={key})", fontsize=10)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if len(heads):

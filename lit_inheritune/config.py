@@ -32,6 +32,10 @@ def _source_tag(n_layer, blocks) -> str:
 
 if not OmegaConf.has_resolver("source_tag"):
     OmegaConf.register_new_resolver("source_tag", _source_tag)
+# A path inside the source checkout (data=fixture's corpus in tests/fixtures), found from any working directory.
+REPO_DIR = Path(__file__).resolve().parents[1]
+if not OmegaConf.has_resolver("repo"):
+    OmegaConf.register_new_resolver("repo", lambda rel: str(REPO_DIR / rel))
 
 
 def compose(overrides: list[str] | None = None):

@@ -277,6 +277,9 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
             bests = [min(line.get_ydata()) for line in ax.lines]
             # The interesting end, where every curve's best value shows; warmup losses would flatten it.
             ax.set_ylim(min(bests) - 0.05, max(min(bests) + 1.0, max(bests) + 0.5))
+        else:  # say so: a blank panel reads as a plotting failure
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", fontsize=14,
+                    color="grey")
         ax.grid(alpha=0.3)
     fig.suptitle(table["title"], fontsize=10)
     fig.tight_layout()

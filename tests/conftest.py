@@ -28,7 +28,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(root / "wandb-config"))
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("MPLCONFIGDIR", str(root / "mpl"))
-    monkeypatch.setenv("LIT_INHERITUNE_FIXTURES", str(FIXTURES))
 
 
 # Overrides for a run of seconds on the fixture corpus.
@@ -52,7 +51,6 @@ def fixture_data_dir(tmp_path_factory):
     from lit_inheritune.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("fixture-data") / "fixture-bpe512"
-    os.environ["LIT_INHERITUNE_FIXTURES"] = str(FIXTURES)
     cfg = compose(["data=fixture", "model=cpu_tiny"])
     prepare(out_dir=out, **{k: v for k, v in _plain(cfg.data.prepare).items()})
     return out

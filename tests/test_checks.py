@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,13 @@ def test_wrong_types_are_refused_while_composing_naming_the_key(override, key):
 
     with pytest.raises(ConfigCompositionException, match=f"override {key}="):
         compose(["method=inheritune", override])
+
+
+def test_fixture_data_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["data=fixture", "model=cpu_tiny"])
+    [corpus] = cfg.data.prepare.source.paths
+    assert (Path(corpus) / "midsummer_01.txt").is_file()
 
 
 def test_prepared_data_is_compared_with_the_request_key_by_key(fixture_data_dir, monkeypatch, tmp_path):

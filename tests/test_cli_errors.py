@@ -144,6 +144,9 @@ CASES = {
         ["lit_inheritune.analyze", "ckpt={good}", "data_dir={case}/nowhere"], ["nowhere does not exist"]),
     "report_not_a_group": (
         ["lit_inheritune.report", "{case}/outputs/nope", "--out", "{case}/report"], ["outputs/nope"]),
+    "prepare_no_such_corpus": (
+        ["lit_inheritune.data.prepare", "--source", "local", "--paths", "{case}/no-corpus", "--out", "{case}/d/e"],
+        ["no files match", "no-corpus"]),
 }
 
 

@@ -140,11 +140,24 @@ def prepare(
     each document ("append", nanoGPT/OpenWebText) or before it ("prepend", as FineWeb-Edu setups do).
     Returns at once if `out_dir` already holds this exact preparation; refuses to overwrite a different one.
     """
+    out_dir = Path(out_dir)
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # deepest first
+    try:
+        return _prepare(out_dir, source, tokenizer, val_fraction, split_seed, eot, chunk_docs, show_progress)
+    except BaseException:
+        # A preparation that failed before writing anything (no such files, a tokenizer that cannot load)
+        # leaves no empty directory behind: an empty one would look prepared-but-broken on the next run.
+        for directory in created:
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        raise
+
+
+def _prepare(out_dir: Path, source, tokenizer, val_fraction, split_seed, eot, chunk_docs, show_progress) -> dict:
     from tqdm.auto import tqdm
 
     if eot not in EOT_PLACEMENTS:
         raise ValueError(f"eot must be one of {EOT_PLACEMENTS}, got {eot!r}")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source, tokenizer = _plain(source), _plain(tokenizer)
     parts = load_corpus(source)

@@ -1,0 +1,71 @@
+"""Figures that say what they show: nothing clipped, nothing hidden, no blank panels (issue #12, paper cuts)."""
+
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from lit_inheritune import analysis
+
+C0, C1 = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours: the first two series
+
+
+def _report(n_layer: int, n_head: int, seed: int = 0) -> dict:
+    rank = np.random.default_rng(seed).uniform(1, 12, size=(n_layer, n_head))
+    return {"primary_tau": "0.9", "per_tau": {"0.9": {"rank": rank.tolist(), "max_rank": rank.max(1).tolist()}},
+            "near_rank1": 1.5, "n_layer": n_layer, "avg_mass": rank.mean(1).tolist(), "eta": 0.9}
+
+
+def _pixels(png, rgb) -> int:
+    image = mpimg.imread(png)[..., :3] * 255
+    return int((np.abs(image - np.array(rgb)).max(-1) < 40).sum())
+
+
+@pytest.mark.parametrize("n_layer, n_head, label", [(2, 2, "round1-L2"), (4, 4, "inheritune_4L"),
+                                                    (30, 9, "SmolLM2-135M-Instruct")])
+def test_rank_heatmap_title_and_colour_bar_label_lie_inside_the_figure(tmp_path, monkeypatch, n_layer, n_head,
+                                                                       label):
+    outside = []
+    save = analysis._save
+
+    def check_then_save(fig, path):
+        fig.canvas.draw()
+        renderer, frame = fig.canvas.get_renderer(), fig.bbox
+        image_ax, colour_bar_ax = fig.axes
+        for text in (image_ax.title, colour_bar_ax.yaxis.label):
+            box = text.get_window_extent(renderer)
+            if box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1:
+                outside.append(text.get_text())
+        return save(fig, path)
+
+    monkeypatch.setattr(analysis, "_save", check_then_save)
+    analysis.plot_rank_heatmap(_report(n_layer, n_head), tmp_path / "heat.png", title=label)
+    assert not outside
+
+
+def test_identical_series_in_max_rank_stay_visible(tmp_path):
+    """The same model under two labels: the first series must still show, not only in the legend."""
+    report = _report(8, 4)
+    png = analysis.plot_max_rank({"reference_8L": report, "same_8L": json.loads(json.dumps(report))},
+                                 tmp_path / "max_rank.png")
+    assert _pixels(png, C0) > 0.4 * _pixels(png, C1)
+
+
+def test_a_report_panel_with_no_runs_says_so(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from lit_inheritune.report import plot_curves
+
+    texts = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record_then_save(fig, *args, **kwargs):
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record_then_save)
+    table = {"title": "Table 1", "rows": [{"name": "Inheritune 4L", "run": "inheritune-n4/round1-L4", "mean": None,
+                                           "at_step": None, "paper": None}]}
+    plot_curves(table, runs=[], path=tmp_path / "curves.png")
+    assert texts == ["no runs"]
