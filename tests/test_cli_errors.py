@@ -218,6 +218,26 @@ def test_help_describes_the_tool_groups_experiments_and_companion_commands(tmp_p
     assert not list(tmp_path.iterdir())  # --help writes nothing
 
 
+def test_help_is_what_hydras_own_help_renders(tmp_path):
+    """`--help` answers without importing Hydra (__main__.app_help); it must print what Hydra's --help would."""
+    hydra_help = """
+import sys
+import hydra
+from lit_inheritune.config import CONFIG_DIR
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def task(cfg):
+    pass
+
+sys.argv = ["lit_inheritune", "--help"]
+task()
+"""
+    done = subprocess.run([sys.executable, "-c", hydra_help], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert run_cli(["lit_inheritune", "--help"], tmp_path).stdout == done.stdout
+
+
 def test_every_error_class_of_the_package_is_an_expected_failure():
     """A new *Error class must be listed in errors.EXPECTED (or the CLI would print its traceback)."""
     from lit_inheritune.errors import EXPECTED
