@@ -29,9 +29,10 @@ def run_app() -> None:
     import hydra
     from omegaconf import DictConfig
 
+    from lit_inheritune import config  # the schemas and resolvers the config needs
     from lit_inheritune.errors import cli_errors, run_cli
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(config.CONFIG_DIR), config_name="config", version_base="1.3")
     def main(cfg: DictConfig) -> None:
         with cli_errors():
             from lit_inheritune.run import run

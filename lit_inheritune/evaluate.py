@@ -330,8 +330,10 @@ def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -
     from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
 
-    checkpoint_config(ckpt)  # a missing, corrupt or foreign file is named before anything else is read
+    if not Path(ckpt).is_file():
+        raise EvaluationError(f"checkpoint {ckpt} not found")
     tok = resolve_tokenizer(ckpt, tokenizer, data_dir)
+    checkpoint_config(ckpt)  # CheckpointError naming a corrupt (e.g. truncated) or foreign file
     try:
         return gpt_from_checkpoint(ckpt), tok
     except SurgeryError as e:
