@@ -33,7 +33,7 @@ class _CrashInStage(runner.L.Callback):
 def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fixture_data_dir, monkeypatch):
     cfg = _cfg(tmp_path, fixture_data_dir)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda c, d: [*original(c, d), _CrashInStage("round2-L3")])
+    monkeypatch.setattr(runner, "_callbacks", lambda *args: [*original(*args), _CrashInStage("round2-L3")])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     monkeypatch.setattr(runner, "_callbacks", original)
