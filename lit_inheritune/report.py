@@ -21,15 +21,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import statistics
 from pathlib import Path
 
 import yaml
 
+from lit_inheritune.errors import ConfigError
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.paper import official_curves, published
 from lit_inheritune.provenance import provenance
+from lit_inheritune.training.identity import IDENTITY_FILE, differences
 
 _SEED = re.compile(r"-s(\d+)$")
 
@@ -53,7 +56,9 @@ def collect(group_dir: str | Path) -> list[dict]:
     rows = []
     for path in sorted(group_dir.rglob("result.json")):
         label, seed = _label_and_seed(group_dir, path.parent)
-        rows.append({**json.loads(path.read_text()), "label": label, "seed": seed, "dir": str(path.parent)})
+        identity = path.parent / IDENTITY_FILE
+        rows.append({**json.loads(path.read_text()), "label": label, "seed": seed, "dir": str(path.parent),
+                     "identity": json.loads(identity.read_text()) if identity.exists() else None})
     for path in sorted(group_dir.rglob("stages.json")):
         stages = json.loads(path.read_text())
         reference = stages["reference"]
@@ -74,6 +79,30 @@ def val_curve(stage_dir: str | Path) -> dict[int, float]:
         return {}
     with open(path, newline="") as f:
         return {int(r["step"]) + 1: float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
+
+
+def check_seeds_agree(rows: list[dict]) -> None:
+    """The seeds of one row must differ in their seed only: a mean over runs made under other settings (an
+    lr changed between seeds, another reference) would be a number of nothing."""
+    first: dict[str, dict] = {}
+    for row in rows:
+        if row.get("identity") is None:
+            continue  # made before identities were recorded
+        unseeded = _without_seed(row["identity"])
+        if row["label"] not in first:
+            first[row["label"]] = {"seed": row["seed"], "identity": unseeded}
+            continue
+        diffs = differences(first[row["label"]]["identity"], unseeded)
+        if diffs:
+            key, a, b = diffs[0]
+            raise ConfigError(f"the seeds of {row['label']} were made under different settings ({key}: {a} for seed "
+                              f"{first[row['label']]['seed']}, {b} for seed {row['seed']}); rerun them alike or "
+                              "report them under separate experiment names")
+
+
+def _without_seed(identity: dict) -> dict:
+    """A stage's identity less its own seed (the sweep variable); the sources it nests keep theirs."""
+    return {**identity, "seed": None, "data": {**identity.get("data", {}), "seed": None}}
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
@@ -113,7 +142,9 @@ def markdown_table(summary: dict[str, dict], expect: list[str] | None = None) ->
 
 
 def write_report(group_dir: str | Path, out_dir: str | Path, expect: list[str] | None = None) -> Path:
-    summary = summarize(collect(group_dir))
+    rows = collect(group_dir)
+    check_seeds_agree(rows)
+    summary = summarize(rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prov = provenance()
@@ -172,13 +203,33 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
-_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+# A difference between our rows counts only when it exceeds the seeds' noise: more than NOISE_FACTOR times the
+# pooled sample std over seeds, sqrt(mean of the two sides' variances). A side measured once (the shared
+# reference) takes its noise from the other side; with one value on both sides the noise is unknown.
+NOISE_FACTOR = 2.0
 
 
-def _verdict(lhs: float | None, op: str, rhs: float | None) -> str:
+def claim_verdict(lhs: list[float], rhs: list[float]) -> dict:
+    """Whether `lhs` is lower (better) than `rhs`: holds, fails, or a tie within the seeds' noise."""
+    if not lhs or not rhs:
+        return {"verdict": "missing", "margin": None, "noise": None}
+    margin = statistics.fmean(rhs) - statistics.fmean(lhs)  # > 0: lhs is lower
+    variances = [statistics.variance(v) for v in (lhs, rhs) if len(v) > 1]
+    noise = NOISE_FACTOR * math.sqrt(statistics.fmean(variances)) if variances else None
+    if noise is None:
+        verdict = ("holds" if margin > 0 else "fails" if margin < 0 else "tie") + " (1 seed each: noise unknown)"
+    else:
+        verdict = "tie" if abs(margin) <= noise else "holds" if margin > 0 else "fails"
+    return {"verdict": verdict, "margin": margin, "noise": noise}
+
+
+def paper_verdict(lhs: float | None, op: str, rhs: float | None) -> str:
+    """The paper's side: one published number a row, two decimals, so equal numbers are a tie for "<"."""
     if lhs is None or rhs is None:
         return "missing"
-    return "holds" if _OPS[op](lhs, rhs) else "fails"
+    if lhs == rhs:
+        return "holds" if op == "<=" else "tie"
+    return "holds" if lhs < rhs else "fails"
 
 
 def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
@@ -205,8 +256,10 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
             lhs, rhs = by_name[check["lhs"]], by_name[check["rhs"]]
             p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
             paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
-            checks.append({"claim": check["claim"], "ours": _verdict(lhs["mean"], check["op"], rhs["mean"]),
-                           "paper": _verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
+            ours = claim_verdict(lhs["ours"], rhs["ours"])
+            checks.append({"claim": check["claim"], "ours": ours["verdict"], "margin": ours["margin"],
+                           "noise": ours["noise"],
+                           "paper": paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
                            "ours_values": [lhs["mean"], rhs["mean"]],
                            "paper_values": [paper_value(p_lhs), paper_value(p_rhs)]})
         tables.append({"id": table["id"], "title": table["title"], "rows": rows, "checks": checks})
@@ -232,9 +285,13 @@ def suite_markdown(table: dict) -> str:
             line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
         lines.append(line)
     if table["checks"]:
-        lines += ["", "| the paper's claim | ours | paper |", "|---|---|---|"]
+        lines += ["", f"A claim holds at our scale only when the margin exceeds the noise ({NOISE_FACTOR:g} x the pooled "
+                  "std over seeds); otherwise it is a tie.", "",
+                  "| the paper's claim | ours | margin (rhs - lhs) | noise | paper |", "|---|---|---|---|---|"]
+        num = lambda x: "-" if x is None else f"{x:+.4f}"
         for c in table["checks"]:
-            lines.append(f"| {c['claim']} | {c['ours']} | {c['paper']} |")
+            noise = "-" if c["noise"] is None else f"{c['noise']:.4f}"
+            lines.append(f"| {c['claim']} | {c['ours']} | {num(c['margin'])} | {noise} | {c['paper']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -287,6 +344,7 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
 def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command: str | None = None) -> Path:
     """The paper's tables for a group: tables.md, tables.json and one curves PNG per table."""
     runs = collect(group_dir)
+    check_seeds_agree(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = suite_tables(suite, runs)
