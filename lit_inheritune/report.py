@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
 from lit_inheritune.errors import ConfigError
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.paper import official_curves, published
@@ -232,6 +233,36 @@ def paper_verdict(lhs: float | None, op: str, rhs: float | None) -> str:
     return "holds" if lhs < rhs else "fails"
 
 
+_ROUND = re.compile(r"^round(\d+)-L\d+$")
+
+
+def _earlier_rounds(run: dict, runs: list[dict]) -> list[dict]:
+    """Re-inherited Inheritune rounds do not build on the round before, but it had to be trained (and fall
+    short) first: the identities of the earlier rounds of the same run."""
+    me = _ROUND.match(Path(run["dir"]).name)
+    if not me or (run["identity"].get("init") or {}).get("previous"):
+        return []
+    parent = Path(run["dir"]).parent
+    return [r["identity"] for r in runs if r.get("identity") and Path(r["dir"]).parent == parent
+            and (m := _ROUND.match(Path(r["dir"]).name)) and int(m.group(1)) < int(me.group(1))]
+
+
+def row_compute(row: dict, runs: list[dict]) -> dict:
+    """Tokens, training FLOPs of the row's own stage and cumulative FLOPs with everything it was built from
+    (compute.py), from the first seed's identity (the seeds agree on all but their seed); read off the curve
+    at `at_step`, the row's own stage counts up to that step."""
+    run = next((r for r in runs if r["label"] == row["run"] and r.get("identity")), None)
+    if run is None:
+        return {"tokens": None, "flops": None, "cumulative_flops": None}
+    ident = run["identity"]
+    own, total = stage_flops(ident), cumulative_flops(ident, _earlier_rounds(run, runs))
+    fraction = int(row["at_step"]) / ident["train"]["max_steps"] if row.get("at_step") else 1.0
+    if own is not None and total is not None:
+        total -= own * (1 - fraction)
+    return {"tokens": int(tokens(ident) * fraction), "flops": None if own is None else own * fraction,
+            "cumulative_flops": total}
+
+
 def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
     """Every table of a suite as data: rows (ours per seed, paper number) and checks (verdicts both sides)."""
     spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[suite]
@@ -249,7 +280,8 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
                          "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
                                                   if r["label"] == row["run"] and "config_sha256" in r.get(
                                                       "provenance", {})}),
-                         "paper": paper})
+                         "paper": paper,
+                         **row_compute(row, runs)})
         by_name = {r["name"]: r for r in rows}
         checks = []
         for check in table.get("checks", []):
@@ -271,8 +303,9 @@ def suite_markdown(table: dict) -> str:
     evaluated = any(row["last_word_acc"] for row in table["rows"])
     head = " last-word acc %, ours | paper LAMBADA acc % |" if evaluated else ""
     lines = [f"## {table['title']}", "",
-             "| row | our run | seeds | val loss, ours (mean +- std) | paper row | paper val loss |" + head,
-             "|---|---|---|---|---|---|" + "---|---|" * evaluated]
+             "| row | our run | seeds | val loss, ours (mean +- std) | tokens | train FLOPs | cumulative FLOPs "
+             "| paper row | paper val loss |" + head,
+             "|---|---|---|---|---|---|---|---|---|" + "---|---|" * evaluated]
     for row in table["rows"]:
         run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
         seeds = ",".join(map(str, row["seeds"])) or "-"
@@ -280,7 +313,8 @@ def suite_markdown(table: dict) -> str:
         paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
         paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
             "val_loss"] else f"{paper['val_loss']:.4f}"
-        line = f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {paper_name} | {paper_loss} |"
+        line = (f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {_fmt_count(row['tokens'])} | "
+                f"{_fmt_count(row['flops'])} | {_fmt_count(row['cumulative_flops'])} | {paper_name} | {paper_loss} |")
         if evaluated:
             line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
         lines.append(line)
@@ -293,6 +327,85 @@ def suite_markdown(table: dict) -> str:
             noise = "-" if c["noise"] is None else f"{c['noise']:.4f}"
             lines.append(f"| {c['claim']} | {c['ours']} | {num(c['margin'])} | {noise} | {c['paper']} |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_count(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}" if x < 1e6 else f"{x:.2e}"
+
+
+COMPUTE_NOTE = ("Compute: tokens trained and training FLOPs = tokens x 3 x (2 x (12 L d^2 + d V) + 2 L T d) "
+                "(matrices, the LM head and attention over the full context; KD adds the teacher's forward); "
+                "cumulative FLOPs add everything the row was built from, once each: the reference's training, "
+                "the earlier rounds or stage, read off the curve where the row is.")
+
+
+def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | None:
+    """Val loss against cumulative training FLOPs (the reference's included) for every row with curves:
+    where a method's loss sits once its whole cost is counted. Mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    seen = set()
+    for table in tables:
+        for row in table["rows"]:
+            if row["run"] in seen or row["at_step"] or row["cumulative_flops"] is None or not row["flops"]:
+                continue
+            seen.add(row["run"])
+            curves = [c for r in runs if r["label"] == row["run"] and (c := val_curve(r["dir"]))]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            run = next(r for r in runs if r["label"] == row["run"] and r.get("identity"))
+            per_step = row["flops"] / run["identity"]["train"]["max_steps"]
+            before = row["cumulative_flops"] - row["flops"]
+            ax.plot([before + per_step * s for s in steps], [statistics.fmean(c[s] for c in curves) for s in steps],
+                    marker="o", markersize=2, label=row["name"])
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set(xlabel="cumulative training FLOPs (reference included)", ylabel="val loss",
+           title="Val loss against the compute spent to get there")
+    bests = [min(line.get_ydata()) for line in ax.lines]
+    ax.set_ylim(min(bests) - 0.05, min(bests) + 1.0)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
+    """For every Inheritune run of the group: the round that first matched the reference and the cumulative
+    FLOPs spent to get there (mean over seeds), so append and reinherit growth can be set side by side."""
+    by_run: dict[str, list[tuple[int, str | None, float | None]]] = {}
+    for path in sorted(Path(group_dir).rglob("stages.json")):
+        stages = json.loads(path.read_text())["stages"]
+        rounds = [st for st in stages if _ROUND.match(st["stage"])]
+        if not rounds:
+            continue
+        label, seed = _label_and_seed(Path(group_dir), path.parent)
+        matched = next((st for st in rounds if st.get("matched")), None)
+        cost = None
+        if matched:
+            row = next((r for r in runs if r["dir"] == str(path.parent / matched["stage"]) and r.get("identity")), None)
+            cost = cumulative_flops(row["identity"], _earlier_rounds(row, runs)) if row else None
+        by_run.setdefault(label, []).append((seed, matched["stage"] if matched else None, cost))
+    lines = []
+    for label, entries in by_run.items():
+        reached = [c for _, stage, c in entries if stage and c is not None]
+        rounds = sorted({stage or "not reached" for _, stage, _ in entries})
+        cost = f"{statistics.fmean(reached):.2e} FLOPs (mean of {len(reached)})" if reached else "-"
+        lines.append(f"| `{label}` | {len(entries)} | {', '.join(rounds)} | {cost} |")
+    if not lines:
+        return []
+    return ["## Compute to match the reference", "",
+            "| Inheritune run | seeds | first matching round | cumulative FLOPs to get there |",
+            "|---|---|---|---|", *lines, ""]
 
 
 def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
@@ -358,9 +471,14 @@ def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command:
     wall = sum(r.get("wall_seconds", 0.0) for r in runs) / 3600
     header += f"- wall time of all runs in the group: {wall:.2f} h\n"
     parts = [f"# Paper tables: {suite}\n", spec["description"].strip() + "\n", header]
+    parts.append(COMPUTE_NOTE + "\n")
     for table in tables:
         png = plot_curves(table, runs, out_dir / f"{table['id']}_curves.png")
         parts.append(suite_markdown(table) + f"\n![{table['id']} curves]({png.name})\n")
+    parts += growth_cost(Path(group_dir), runs)
+    compute_png = plot_compute(tables, runs, out_dir / "compute_curves.png")
+    if compute_png:
+        parts.append(f"![val loss against cumulative FLOPs]({compute_png.name})\n")
     (out_dir / "tables.md").write_text("\n".join(parts))
     (out_dir / "tables.json").write_text(json.dumps({"provenance": prov, "suite": suite, "tables": tables},
                                                      indent=2) + "\n")
