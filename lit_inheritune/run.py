@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -446,7 +446,10 @@ def run_kd(cfg: DictConfig, datamodule) -> list[dict]:
     student = (inherit_blocks(teacher, blocks=blocks, attn_scale=m.attn_scale) if blocks
                else GPT(instantiate(cfg.model, n_layer=n)))
     stage = stages[-1]
-    module = DistillationLM(student, teacher, _optim(cfg, cfg.train.max_steps), alpha=m.alpha,
+    optim = _optim(cfg, cfg.train.max_steps)
+    if m.min_lr is not None:  # the student's own floor; cfg.optim is also the teacher's
+        optim = replace(optim, min_lr=m.min_lr)
+    module = DistillationLM(student, teacher, optim, alpha=m.alpha,
                             temperature=m.temperature, meta=_meta(cfg, stage.name))
     return [fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity,
                       header=headers(stage))]

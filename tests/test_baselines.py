@@ -58,11 +58,16 @@ def test_distilbert_default_mapping_is_the_papers_for_medium():
 
 @pytest.mark.parametrize("method", ["kd", "distilbert_kd"])
 def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, method):
-    [result] = run(_cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2"))
+    cfg = _cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2", "optim.min_lr=1e-4", "method.min_lr=2e-4")
+    [result] = run(cfg)
     ckpt = torch.load(result["last_checkpoint"], weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
     assert gpt_from_checkpoint(result["last_checkpoint"]).config.n_layer == 2
     assert result["stage"] == "student-L2"
+    # The student decays to KD's own floor; the teacher, the group's reference, to the group's.
+    assert ckpt["hyper_parameters"]["optim"]["min_lr"] == 2e-4
+    teacher = torch.load(reference_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert teacher["hyper_parameters"]["optim"]["min_lr"] == 1e-4
 
 
 def test_distilbert_mapping_naming_a_missing_teacher_block_is_a_clear_error(tmp_path, fixture_data_dir):
