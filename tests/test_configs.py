@@ -103,7 +103,7 @@ def test_every_job_of_reproduce_cpu_composes_and_shares_one_reference():
     from lit_inheritune.run import reference_dir
 
     jobs = list(_reproduce_jobs())
-    assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer
+    assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 2 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer, both scales
     references = set()
     for job in jobs:
         cfg = compose(job)
