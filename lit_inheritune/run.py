@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_inheritune.model import GPT
 from lit_inheritune.provenance import provenance
 from lit_inheritune.surgery import (
+    ATTN_SCALES,
     check_same_family,
     gpt_from_checkpoint,
     grow,
@@ -203,6 +204,9 @@ def _validate_inheritune(cfg: DictConfig) -> None:
         raise ConfigError("a Hugging Face reference is inherited as the official lit-gpt code did (whole layers, "
                           "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
                           "and method.copy_ln_f=true")
+    if _is_hf(cfg) and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
+        raise ConfigError("a Hugging Face GPT-2 scales attention by each layer's position; method.attn_scale=source "
+                          "cannot be expressed there")
 
 
 def _surgery(cfg: DictConfig):
@@ -214,7 +218,7 @@ def _surgery(cfg: DictConfig):
 
         return (lambda ref, n, blocks: inherit_hf_layers(ref, n_layer=n, blocks=blocks).float(),
                 lambda tgt, ref, n_new: grow_hf(tgt, ref, n_new=n_new, mode=m.grow_mode).float())
-    kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f)
+    kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f, attn_scale=m.attn_scale)
     return (lambda ref, n, blocks: inherit_blocks(ref, n_layer=n, blocks=blocks, **kwargs),
             lambda tgt, ref, n_new: grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
 
@@ -379,7 +383,7 @@ def run_stacking(cfg: DictConfig, datamodule) -> list[dict]:
     headers = _Headers(cfg, stages)
     first = train_scratch(cfg, datamodule, first_stage, n // 2, cfg.train.max_steps, header=headers(first_stage))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    stacked = stack_blocks(gpt_from_checkpoint(first["last_checkpoint"]))
+    stacked = stack_blocks(gpt_from_checkpoint(first["last_checkpoint"]), attn_scale=cfg.method.attn_scale)
     return [first, _train_from(cfg, datamodule, stacked, second_stage, headers(second_stage))]
 
 
@@ -395,7 +399,8 @@ def _from_reference(cfg: DictConfig, datamodule, build) -> list[dict]:
 def run_hybrid_stacking(cfg: DictConfig, datamodule) -> list[dict]:
     """Hybrid stacking: reference blocks 0..n/2-1 repeated to fill n blocks, trained T steps."""
     n = int(cfg.method.n_layer)
-    return _from_reference(cfg, datamodule, lambda ref: hybrid_stack(ref, n_source=n // 2, n_layer=n))
+    return _from_reference(cfg, datamodule, lambda ref: hybrid_stack(ref, n_source=n // 2, n_layer=n,
+                                                                     attn_scale=cfg.method.attn_scale))
 
 
 def run_half_width(cfg: DictConfig, datamodule) -> list[dict]:
@@ -438,9 +443,13 @@ def run_kd(cfg: DictConfig, datamodule) -> list[dict]:
     headers = _Headers(cfg, stages)
     teacher, _ = obtain_reference(cfg, datamodule, header=_ref_header(cfg, headers))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    student = inherit_blocks(teacher, blocks=blocks) if blocks else GPT(instantiate(cfg.model, n_layer=n))
+    student = (inherit_blocks(teacher, blocks=blocks, attn_scale=m.attn_scale) if blocks
+               else GPT(instantiate(cfg.model, n_layer=n)))
     stage = stages[-1]
-    module = DistillationLM(student, teacher, _optim(cfg, cfg.train.max_steps), alpha=m.alpha,
+    optim = _optim(cfg, cfg.train.max_steps)
+    if m.min_lr is not None:  # the student's own floor; cfg.optim is also the teacher's
+        optim = replace(optim, min_lr=m.min_lr)
+    module = DistillationLM(student, teacher, optim, alpha=m.alpha,
                             temperature=m.temperature, meta=_meta(cfg, stage.name))
     return [fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity,
                       header=headers(stage))]
@@ -500,6 +509,8 @@ def run(cfg: DictConfig) -> list[dict]:
     if _is_hf(cfg) and cfg.method.name not in HF_METHODS:
         raise ConfigError(f"method {cfg.method.name!r} supports our GPT models only; with model=hf use one of "
                           f"{list(HF_METHODS)}")
+    if cfg.method.get("attn_scale", "position") not in ATTN_SCALES:
+        raise ConfigError(f"method.attn_scale must be one of {list(ATTN_SCALES)}, got {cfg.method.attn_scale!r}")
     check_schedule(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # the stages' identities name the prepared shards

@@ -145,3 +145,53 @@ def test_seeds_of_a_row_made_under_other_settings_are_refused(tmp_path):
         check_seeds_agree(rows)
     with pytest.raises(ConfigError):
         write_report(group, tmp_path / "out")
+
+
+def test_every_claim_a_suite_checks_holds_in_the_paper():
+    """A check states a claim of the paper, so on the paper's side it must hold (or have no published numbers,
+    as the Appendix B twin): a claim written the wrong way round shows here."""
+    import yaml
+
+    from lit_inheritune.paper import HERE
+    from lit_inheritune.report import suite_tables
+
+    for suite in yaml.safe_load((HERE / "suites.yaml").read_text()):
+        for table in suite_tables(suite, []):
+            for check in table["checks"]:
+                assert check["paper"] in ("holds", "missing"), (suite, check["claim"])
+                assert (check["paper"] == "missing") == (None in check["paper_values"]), (suite, check["claim"])
+
+
+def test_lazy_transfer_checks_the_papers_whole_ordering_and_reports_what_it_finds(tmp_path):
+    """v4 Table 4's ordering, blocks 4-7 < 0-3 < 8-11 < random, checked pair by pair, under both attention-scale
+    policies. Runs ordered 0-3 < 4-7 < 8-11 < random fail the middle-blocks claim and hold the others."""
+    from lit_inheritune.report import suite_markdown, suite_tables
+
+    group = tmp_path / "cpu_lazy_transfer"
+    _stage(group, "scratch-L12-T1000-s0", 5.0, n_layer=12, steps=1000)
+    for label, loss in {"inheritune-b0-3-block-reinherit/round1-L4": 4.90,
+                        "inheritune-b4-7-block-reinherit/round1-L4": 4.95,
+                        "inheritune-b8-11-block-reinherit/round1-L4": 4.97,
+                        "inheritune-b4-7-block-reinherit-scale_source/round1-L4": 4.85,
+                        "inheritune-b8-11-block-reinherit-scale_source/round1-L4": 4.88,
+                        "scratch-L4-T500": 5.3}.items():
+        run, _, stage = label.partition("/")
+        for seed, spread in ((1, -0.001), (2, 0.001)):  # two seeds: margins of 0.02 and more are far above noise
+            _stage(group, f"{run}-s{seed}" + (f"/{stage}" if stage else ""), loss + spread)
+    [table] = suite_tables("cpu_lazy_transfer", collect(group))
+    checks = {c["claim"]: (c["ours"], c["paper"]) for c in table["checks"]}
+    assert checks == {
+        "the potent middle blocks (4-7) transfer better than the first blocks (0-3)": ("fails", "holds"),
+        "the last blocks (lazy in the paper) transfer worse than blocks 0-3": ("holds", "holds"),
+        "the last blocks transfer worse than blocks 4-7": ("holds", "holds"),
+        "even the last blocks beat random init": ("holds", "holds"),
+        "source scale: the potent middle blocks (4-7) transfer better than the first blocks (0-3)": ("holds", "holds"),
+        "source scale: the last blocks transfer worse than blocks 0-3": ("fails", "holds"),
+        "source scale: the last blocks transfer worse than blocks 4-7": ("holds", "holds"),
+        "source scale: even the last blocks beat random init": ("holds", "holds"),
+    }
+    md = suite_markdown(table)
+    assert "| the potent middle blocks (4-7) transfer better than the first blocks (0-3) | fails |" in md
+    [source_row] = [line for line in md.splitlines() if line.startswith("| from blocks 4-7, source scale |")]
+    assert "`inheritune-b4-7-block-reinherit-scale_source/round1-L4` | 1,2 | 4.8500 +- 0.0014 |" in source_row
+    assert source_row.endswith("| - | - |")  # no published counterpart: the paper ran the position scale

@@ -77,28 +77,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RankConsistencyCheck(L.Callback):
-    """At the end of a fit, every rank hashes its weights; ranks that disagree stop the run.
+    """Every rank hashes its weights; ranks that disagree stop the run. Digests go to `<dirpath>/weights_digest.json`.
 
-    Surgery between stages happens on every rank independently, so this is the check that they all
-    built the same model. The digests are written to `<dirpath>/weights_digest.json`.
+    - `built`: at the start of a fit, the model as this rank built it, before the strategy wraps it. Surgery
+      between stages happens on every rank independently, and DDP would silently overwrite a disagreement with
+      rank 0's weights (FSDP would shard a mixture of them), so this is the check that they built the same model.
+    - `ranks`: at the end of a fit, the trained weights (DDP keeps them in sync). Not under FSDP, where each rank
+      holds a different shard by design.
     """
 
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
+        self.digests: dict[str, list[str]] = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._compare(trainer, pl_module, "built")
 
     def on_train_end(self, trainer, pl_module) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if not isinstance(trainer.strategy, FSDPStrategy):
+            self._compare(trainer, pl_module, "ranks")
+
+    def _compare(self, trainer, pl_module, when: str) -> None:
         h = hashlib.sha256()
         for name, tensor in sorted(pl_module.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).to(pl_module.device)
+        # On the strategy's device: before the strategy has set up, the module may not be there yet.
+        mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).to(trainer.strategy.root_device)
         every = trainer.strategy.all_gather(mine).reshape(-1, mine.numel())
-        digests = [bytes(row.tolist()).hex() for row in every.cpu()]
+        self.digests[when] = [bytes(row.tolist()).hex() for row in every.cpu()]
         if trainer.is_global_zero and self.dirpath:
             Path(self.dirpath).mkdir(parents=True, exist_ok=True)
-            (Path(self.dirpath) / "weights_digest.json").write_text(json.dumps({"ranks": digests}, indent=2))
-        if len(set(digests)) > 1:
-            raise RuntimeError(f"ranks hold different weights after training: {digests}")
+            (Path(self.dirpath) / "weights_digest.json").write_text(json.dumps(self.digests, indent=2))
+        if len(set(self.digests[when])) > 1:
+            raise RuntimeError(f"ranks hold different weights ({when}): {self.digests[when]}")
 
 
 class _HistoryKeepingWriter(ExperimentWriter):
