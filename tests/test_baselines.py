@@ -28,8 +28,10 @@ def _fresh(reference, n_layer, seed):
     return GPT(GPTConfig(**{**reference.config.to_dict(), "n_layer": n_layer}))
 
 
-def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_data_dir, initial_models):
-    cfg = _cfg(tmp_path, fixture_data_dir, "stacking", "method.n_layer=4")
+@pytest.mark.parametrize("attn_scale, scales", [("position", [0, 1, 2, 3]), ("source", [0, 1, 0, 1])])
+def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_data_dir, initial_models, attn_scale,
+                                                           scales):
+    cfg = _cfg(tmp_path, fixture_data_dir, "stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
     first, second = run(cfg)
     assert (first["n_layer"], second["n_layer"]) == (2, 4)
     assert first["last_checkpoint"].startswith(str(scratch_dir(cfg, 2, 10)))  # shared with scratch runs
@@ -41,10 +43,13 @@ def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_dat
         assert _same(start.transformer.h[i], trained.transformer.h[i % 2]), i
     for name in ("wte", "wpe", "ln_f"):
         assert _same(getattr(start.transformer, name), getattr(trained.transformer, name)), name
+    assert [b.layer_idx for b in start.transformer.h] == scales  # method.attn_scale reached the surgery
 
 
-def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_data_dir, initial_models):
-    cfg = _cfg(tmp_path, fixture_data_dir, "hybrid_stacking", "method.n_layer=4")
+@pytest.mark.parametrize("attn_scale, scales", [("position", [0, 1, 2, 3]), ("source", [0, 1, 0, 1])])
+def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_data_dir, initial_models, attn_scale,
+                                                             scales):
+    cfg = _cfg(tmp_path, fixture_data_dir, "hybrid_stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
     [hybrid] = run(cfg)
     assert hybrid["n_layer"] == 4
     reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
@@ -55,6 +60,7 @@ def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_d
     for name in ("wpe", "ln_f"):  # as Inheritune: not copied
         assert _same(getattr(start.transformer, name), getattr(fresh.transformer, name)), name
         assert not _same(getattr(start.transformer, name), getattr(reference.transformer, name)), name
+    assert [b.layer_idx for b in start.transformer.h] == scales  # method.attn_scale reached the surgery
 
 
 def test_half_width_starts_from_the_sliced_reference(tmp_path, fixture_data_dir, initial_models):
@@ -90,9 +96,10 @@ def test_distilbert_default_mapping_is_the_papers_for_medium():
     assert distilbert_blocks(8, 6) == [0, 2, 4, 6, 4, 5]
 
 
-@pytest.mark.parametrize("method", ["kd", "distilbert_kd"])
-def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, initial_models, method):
-    cfg = _cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2", "optim.min_lr=1e-4", "method.min_lr=2e-4")
+@pytest.mark.parametrize("method, overrides", [("kd", []), ("distilbert_kd", ["method.attn_scale=source"])])
+def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, initial_models, method, overrides):
+    cfg = _cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2", "optim.min_lr=1e-4", "method.min_lr=2e-4",
+               *overrides)
     [result] = run(cfg)
     ckpt = torch.load(result["last_checkpoint"], weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
@@ -114,6 +121,7 @@ def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir
     assert torch.equal(start.transformer.wte.weight, teacher.transformer.wte.weight)
     for name in ("wpe", "ln_f"):
         assert _same(getattr(start.transformer, name), getattr(fresh.transformer, name)), name
+    assert [b.layer_idx for b in start.transformer.h] == [0, 2]  # method.attn_scale=source reached the surgery
 
 
 def test_distilbert_mapping_naming_a_missing_teacher_block_is_a_clear_error(tmp_path, fixture_data_dir):

@@ -178,18 +178,16 @@ def test_paper_experiment_has_the_papers_numbers(experiment):
         assert cfg.method.min_lr == want["student_lr_floor"]
 
 
-def _reference_recipe(cfg) -> dict:
-    """Where a job finds its reference and everything that shapes that reference's training (run.train_scratch):
-    model, data, optim and trainer, less the step count each stage sets itself. For method=scratch the job's own
-    run is the reference's when it has the reference's depth, steps and seed."""
-    from omegaconf import OmegaConf
+def _reference_recipe(cfg) -> tuple[str, dict]:
+    """Where a job finds its reference and the identity it expects that reference to have (what the run-identity
+    check compares before reusing it). For method=scratch the job's own run is the reference's when it has the
+    reference's depth, steps and seed."""
+    from lit_inheritune.run import plan, reference_dir, reference_identity
 
-    from lit_inheritune.run import reference_dir
-
-    plain = lambda node, *drop: {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
-    where = cfg.run_dir if cfg.method.name == "scratch" else reference_dir(cfg)
-    return {"dir": str(where), "model": plain(cfg.model), "data": plain(cfg.data),
-            "optim": plain(cfg.optim, "decay_steps"), "trainer": plain(cfg.trainer, "max_steps")}
+    if cfg.method.name == "scratch":
+        [stage] = plan(cfg)
+        return str(stage.dir), stage.identity
+    return str(reference_dir(cfg)), reference_identity(cfg)
 
 
 @pytest.mark.parametrize("jobs", [
