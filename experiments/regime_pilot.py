@@ -51,6 +51,10 @@ CONFIGS: dict[str, tuple[int, int, list[str], str]] = {
 # (2 policies x 3 block sets + random = 7), plus three k-layer references (~2 units each).
 SUITE_HALF_RUNS = 65
 SUITE_REFERENCES = 3
+# The machine's training rate, from CPU_SCALE.md's uncontended measurement: the 8L d=128 twin at 5.85K tok/s on
+# 2 threads, x 1.15 for two 1-thread runs at a time. The pilot's own run times are not used for the estimate:
+# they were taken beside other work on the machine.
+MACHINE_FLOPS_PER_SEC = 5850 * 13.37e6 * 1.15
 
 
 def jobs(configs: list[str], seeds: list[int]) -> list[list[str]]:
@@ -94,6 +98,15 @@ def collect() -> dict:
     return data
 
 
+def _run_flops(entry: dict, n_layer: int) -> float:
+    """Training FLOPs of one run of the config at this depth (compute.py's formula)."""
+    from lit_inheritune.compute import flops_per_token
+
+    batch = next((int(o.split("=")[1]) for o in entry["overrides"] if o.startswith("data.batch_size=")), 32)
+    model = {"n_layer": n_layer, "n_embd": 128, "block_size": 128, "vocab_size": 4096}
+    return flops_per_token(model) * entry["steps"] * batch * 128
+
+
 def judge(entry: dict) -> dict:
     k = entry["k"]
     deep, half = entry["runs"].get(k, []), entry["runs"].get(k // 2, [])
@@ -104,11 +117,10 @@ def judge(entry: dict) -> dict:
     sh = statistics.stdev(vh) if len(vh) > 1 else float("nan")
     pooled = math.sqrt((sd**2 + sh**2) / 2)
     gap = statistics.mean(vh) - statistics.mean(vd)
-    # one k-layer and one k/2-layer run, seconds each on one thread: the suite's cost estimate
     sec_deep = statistics.mean(r["train_seconds"] for r in deep)
     sec_half = statistics.mean(r["train_seconds"] for r in half)
-    # two 1-thread processes in parallel on 2 cores
-    suite_h = (SUITE_HALF_RUNS * sec_half + SUITE_REFERENCES * sec_deep) / 2 / 3600
+    suite_h = (SUITE_HALF_RUNS * _run_flops(entry, k // 2) + SUITE_REFERENCES * _run_flops(entry, k)) \
+        / MACHINE_FLOPS_PER_SEC / 3600
     seeded = len(vd) >= 2 and len(vh) >= 2
     meets = seeded and gap >= 0.05 and gap > 3 * pooled and suite_h <= 8
     return {"deep": statistics.mean(vd), "deep_std": sd, "half": statistics.mean(vh), "half_std": sh,
@@ -129,13 +141,19 @@ def report(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Regime pilot: does the k-layer model beat the k/2-layer model at equal steps?", ""]
     lines += [f"- {k}: `{v}`" for k, v in provenance().items()]
+    trained = sorted({r["provenance"]["commit"] for e in data.values() for rs in e["runs"].values() for r in rs})
+    lines.append(f"- runs trained at commit(s): {', '.join(f'`{c}`' for c in trained) or '-'}")
     lines += ["- runs: `python experiments/regime_pilot.py run` (one thread per run, two runs at a time); "
               "every run is `python -m lit_inheritune method=scratch` with the config's overrides",
               "- base: d=128, 4 heads, ctx 128, BPE-4096 on the embedded corpus, batch 32, lr 1e-3 -> 1e-4, "
               "warmup 50, weight decay 0.1 on Linear weights, 1/(l+1) attention scale on",
               "- rule (fixed before any Inheritune result): gap = mean(k/2) - mean(k) >= 0.05 and gap > 3 x "
               "pooled std (at least 2 seeds each), and the suite's estimated time <= 8 h on 2 cores "
-              f"({SUITE_HALF_RUNS} k/2-layer runs + {SUITE_REFERENCES} k-layer runs, two 1-thread runs at a time)",
+              f"({SUITE_HALF_RUNS} k/2-layer runs + {SUITE_REFERENCES} k-layer runs, from their FLOPs at the "
+              f"machine's measured {MACHINE_FLOPS_PER_SEC / 1e9:.0f} GFLOP/s; batch-8 runs use the cores less well, "
+              "so their estimate is low)",
+              "- s/run: each run's training seconds on one thread, beside other work on the machine (not comparable "
+              "across configs run at different times)",
               "", "| config | hypothesis | k | steps | overrides | k-layer val | k/2-layer val | gap | pooled std "
               "| seeds | s/run (k, k/2) | suite h (est.) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in data.items():

@@ -35,8 +35,11 @@ done
 # The paper's tables, ours beside the published numbers, with the curves.
 "$PY" -m lit_inheritune.report "$OUT"/cpu_medium_16l --out "$RESULTS"/cpu_medium_16l --suite cpu_medium_16l
 # Lazy vs potent transfer (v4 Table 4), one seed: a 12-layer reference, 4-layer targets from blocks 0-3,
-# 4-7, 8-11, a random 4-layer model, and the reference's AvgRank per block group.
+# 4-7, 8-11 (moved blocks scaled by their new position, as the official code), a random 4-layer model, and the
+# reference's AvgRank per block group.
 run -m experiment=cpu_lazy_transfer 'method.blocks=[0,1,2,3],[4,5,6,7],[8,9,10,11]' seed=1
+# The moved blocks again, each keeping the attention scale it was trained with (blocks 0-3 do not move).
+run -m experiment=cpu_lazy_transfer 'method.blocks=[4,5,6,7],[8,9,10,11]' method.attn_scale=source seed=1
 run experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=1
 "$PY" -m lit_inheritune.analyze data_dir="$DATA" out_dir="$RESULTS"/cpu_lazy_transfer/analysis \
     +ckpts.reference_12L="$OUT"/cpu_lazy_transfer/scratch-L12-T1000-s0/checkpoints/last.ckpt

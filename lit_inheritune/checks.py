@@ -29,6 +29,7 @@ HF_METHODS = ("inheritune", "scratch")  # what model=hf (a pretrained Hugging Fa
 REFERENCE_METHODS = ("inheritune", "hybrid_stacking", "half_width", "kd", "distilbert_kd")
 BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # surgery.BLOCK_PARTS (tests compare the two)
 GROW_MODES = ("append", "reinherit")
+ATTN_SCALES = ("position", "source")  # surgery.ATTN_SCALES
 # Shape fields a reference checkpoint must share with `model` (the config describes the reference).
 SHAPE = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "scale_attn_by_inverse_layer_idx")
 HF_SHAPE = {"n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
@@ -143,6 +144,9 @@ def _check_inheritune(cfg: DictConfig) -> None:
         raise ConfigError("a Hugging Face reference is inherited as the official lit-gpt code did (whole layers, "
                           "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
                           "and method.copy_ln_f=true")
+    if is_hf(cfg) and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
+        raise ConfigError("a Hugging Face GPT-2 scales attention by each layer's position; method.attn_scale=source "
+                          "cannot be expressed there (use method.attn_scale=position)")
 
 
 def _check_stacking(cfg: DictConfig) -> None:
@@ -172,6 +176,9 @@ def _check_kd(cfg: DictConfig) -> None:
         raise ConfigError(f"method.alpha={m.alpha} (the weight of the CE term) must lie in [0, 1]")
     if not m.temperature > 0:
         raise ConfigError(f"method.temperature={m.temperature} must be positive")
+    if m.min_lr is not None and not 0 <= m.min_lr <= cfg.optim.lr:
+        raise ConfigError(f"method.min_lr={m.min_lr} (the student's lr floor) must lie between 0 and "
+                          f"optim.lr={cfg.optim.lr}")
     if m.name == "distilbert_kd":
         blocks = list(m.student_blocks) if m.student_blocks else distilbert_blocks(k, m.n_layer)
         missing = [b for b in blocks if not 0 <= b < k]
@@ -193,13 +200,15 @@ METHOD_CHECKS = {
 
 
 def check_method(cfg: DictConfig) -> None:
-    name = cfg.method.name
-    if name not in METHOD_CHECKS:
-        raise ConfigError(f"unknown method.name={name!r}; known: {', '.join(METHOD_CHECKS)}")
-    if is_hf(cfg) and name not in HF_METHODS:
-        raise ConfigError(f"method {name!r} supports our GPT models only; with model=hf use one of "
+    m = cfg.method
+    if m.name not in METHOD_CHECKS:
+        raise ConfigError(f"unknown method.name={m.name!r}; known: {', '.join(METHOD_CHECKS)}")
+    if is_hf(cfg) and m.name not in HF_METHODS:
+        raise ConfigError(f"method {m.name!r} supports our GPT models only; with model=hf use one of "
                           f"{', '.join(HF_METHODS)}")
-    METHOD_CHECKS[name](cfg)
+    if m.attn_scale is not None and m.attn_scale not in ATTN_SCALES:
+        raise ConfigError(f"method.attn_scale={m.attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
+    METHOD_CHECKS[m.name](cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,16 @@ if not OmegaConf.has_resolver("repo"):
     OmegaConf.register_new_resolver("repo", lambda rel: str(REPO_DIR / rel))
 
 
+def _attn_scale_tag(attn_scale) -> str:
+    """Run-name suffix of the attention-scale policy: none for the official `position`, so those runs keep their
+    names, and e.g. `-scale_source` otherwise, so the two policies never share a run directory."""
+    return "" if attn_scale == "position" else f"-scale_{attn_scale}"
+
+
+if not OmegaConf.has_resolver("attn_scale_tag"):
+    OmegaConf.register_new_resolver("attn_scale_tag", _attn_scale_tag)
+
+
 def compose(overrides: list[str] | None = None):
     """The config `python -m lit_inheritune <overrides>` would run, without starting a job."""
     from hydra import compose as hydra_compose

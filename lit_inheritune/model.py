@@ -4,7 +4,9 @@ Pre-LN blocks, tanh-GELU MLP, no biases anywhere (linear layers and layer norms)
 learned position embeddings, LM head tied to the token embedding, GPT-2 init. The one addition
 to nanoGPT's model is the paper's attention scale: logits are divided by sqrt(head_dim) and,
 when `scale_attn_by_inverse_layer_idx` is on, also by (layer_idx + 1), 0-based. `layer_idx` is
-the block's position in *this* model, as in Hugging Face's GPT-2.
+the block's position in *this* model, as in Hugging Face's GPT-2 and the official code, unless
+`attn_scale_index` lists another index per block: a block moved by surgery can keep the scale it was
+trained with (PAPER.md section 1, "Attention scale").
 
 Shapes: B batch, T time, C = n_embd, H = n_head, D = C // H, V = padded vocab.
 """
@@ -28,6 +30,10 @@ class GPTConfig:
     # GPT-2's 50257 ids padded to a multiple of 64 for faster matmuls (nanoGPT convention).
     vocab_size: int = 50304
     scale_attn_by_inverse_layer_idx: bool = True
+    # Block i's layer_idx in the attention scale 1 / (layer_idx + 1); null = its position i. Surgery sets it when
+    # moved blocks keep their source block's scale. A list equal to the positions is stored as null, so a model
+    # whose blocks all sit where they were trained has one config whichever policy built it.
+    attn_scale_index: list[int] | None = None
 
     def __post_init__(self) -> None:
         for field in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -35,6 +41,16 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{field} must be positive, got {getattr(self, field)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.attn_scale_index is not None:
+            index = [int(i) for i in self.attn_scale_index]
+            if len(index) != self.n_layer or min(index) < 0:
+                raise ValueError(f"attn_scale_index={index} must list one index >= 0 for each of the "
+                                 f"{self.n_layer} blocks")
+            self.attn_scale_index = None if index == list(range(self.n_layer)) else index
+
+    def layer_idx(self, position: int) -> int:
+        """The index in block `position`'s attention scale 1 / (layer_idx + 1)."""
+        return position if self.attn_scale_index is None else self.attn_scale_index[position]
 
     @property
     def head_dim(self) -> int:
@@ -133,7 +149,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, config.layer_idx(i)) for i in range(config.n_layer)]),
                 ln_f=LayerNorm(config.n_embd),
             )
         )
@@ -178,9 +194,14 @@ class GPT(nn.Module):
         return {"logits": logits, "loss": loss, "attn": attns if return_attn else None}
 
 
-def renumber_blocks(model: GPT) -> GPT:
-    """Give every block the index of its position (after surgery reorders or appends blocks)."""
-    for i, block in enumerate(model.transformer.h):
-        block.layer_idx = i
+def renumber_blocks(model: GPT, keep_scale: bool = False) -> GPT:
+    """After surgery reorders or appends blocks: give every block the attention scale of its position (the
+    official rule), or with `keep_scale` let each keep the layer_idx it brought from its source model; the
+    config records the depth and the result (attn_scale_index), so checkpoints rebuild the same model."""
+    if not keep_scale:
+        for i, block in enumerate(model.transformer.h):
+            block.layer_idx = i
     model.config.n_layer = len(model.transformer.h)
+    model.config.attn_scale_index = [block.layer_idx for block in model.transformer.h]
+    model.config.__post_init__()  # checks it, and stores positions as null
     return model

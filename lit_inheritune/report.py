@@ -21,16 +21,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import statistics
 from pathlib import Path
 
 import yaml
 
+from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
 from lit_inheritune.errors import ArgumentParser, ConfigError, run_cli
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.paper import official_curves, published
 from lit_inheritune.provenance import provenance
+from lit_inheritune.training.identity import IDENTITY_FILE, differences
 
 _SEED = re.compile(r"-s(\d+)$")
 
@@ -54,7 +57,9 @@ def collect(group_dir: str | Path) -> list[dict]:
     rows = []
     for path in sorted(group_dir.rglob("result.json")):
         label, seed = _label_and_seed(group_dir, path.parent)
-        rows.append({**json.loads(path.read_text()), "label": label, "seed": seed, "dir": str(path.parent)})
+        identity = path.parent / IDENTITY_FILE
+        rows.append({**json.loads(path.read_text()), "label": label, "seed": seed, "dir": str(path.parent),
+                     "identity": json.loads(identity.read_text()) if identity.exists() else None})
     for path in sorted(group_dir.rglob("stages.json")):
         stages = json.loads(path.read_text())
         reference = stages["reference"]
@@ -75,6 +80,30 @@ def val_curve(stage_dir: str | Path) -> dict[int, float]:
         return {}
     with open(path, newline="") as f:
         return {int(r["step"]) + 1: float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
+
+
+def check_seeds_agree(rows: list[dict]) -> None:
+    """The seeds of one row must differ in their seed only: a mean over runs made under other settings (an
+    lr changed between seeds, another reference) would be a number of nothing."""
+    first: dict[str, dict] = {}
+    for row in rows:
+        if row.get("identity") is None:
+            continue  # made before identities were recorded
+        unseeded = _without_seed(row["identity"])
+        if row["label"] not in first:
+            first[row["label"]] = {"seed": row["seed"], "identity": unseeded}
+            continue
+        diffs = differences(first[row["label"]]["identity"], unseeded)
+        if diffs:
+            key, a, b = diffs[0]
+            raise ConfigError(f"the seeds of {row['label']} were made under different settings ({key}: {a} for seed "
+                              f"{first[row['label']]['seed']}, {b} for seed {row['seed']}); rerun them alike or "
+                              "report them under separate experiment names")
+
+
+def _without_seed(identity: dict) -> dict:
+    """A stage's identity less its own seed (the sweep variable); the sources it nests keep theirs."""
+    return {**identity, "seed": None, "data": {**identity.get("data", {}), "seed": None}}
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
@@ -114,7 +143,9 @@ def markdown_table(summary: dict[str, dict], expect: list[str] | None = None) ->
 
 
 def write_report(group_dir: str | Path, out_dir: str | Path, expect: list[str] | None = None) -> Path:
-    summary = summarize(collect(group_dir))
+    rows = collect(group_dir)
+    check_seeds_agree(rows)
+    summary = summarize(rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prov = provenance()
@@ -173,13 +204,63 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
-_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+# A difference between our rows counts only when it exceeds the seeds' noise: more than NOISE_FACTOR times the
+# pooled sample std over seeds, sqrt(mean of the two sides' variances). A side measured once (the shared
+# reference) takes its noise from the other side; with one value on both sides the noise is unknown.
+NOISE_FACTOR = 2.0
 
 
-def _verdict(lhs: float | None, op: str, rhs: float | None) -> str:
+def claim_verdict(lhs: list[float], rhs: list[float]) -> dict:
+    """Whether `lhs` is lower (better) than `rhs`: holds, fails, or a tie within the seeds' noise."""
+    if not lhs or not rhs:
+        return {"verdict": "missing", "margin": None, "noise": None}
+    margin = statistics.fmean(rhs) - statistics.fmean(lhs)  # > 0: lhs is lower
+    variances = [statistics.variance(v) for v in (lhs, rhs) if len(v) > 1]
+    noise = NOISE_FACTOR * math.sqrt(statistics.fmean(variances)) if variances else None
+    if noise is None:
+        verdict = ("holds" if margin > 0 else "fails" if margin < 0 else "tie") + " (1 seed each: noise unknown)"
+    else:
+        verdict = "tie" if abs(margin) <= noise else "holds" if margin > 0 else "fails"
+    return {"verdict": verdict, "margin": margin, "noise": noise}
+
+
+def paper_verdict(lhs: float | None, op: str, rhs: float | None) -> str:
+    """The paper's side: one published number a row, two decimals, so equal numbers are a tie for "<"."""
     if lhs is None or rhs is None:
         return "missing"
-    return "holds" if _OPS[op](lhs, rhs) else "fails"
+    if lhs == rhs:
+        return "holds" if op == "<=" else "tie"
+    return "holds" if lhs < rhs else "fails"
+
+
+_ROUND = re.compile(r"^round(\d+)-L\d+$")
+
+
+def _earlier_rounds(run: dict, runs: list[dict]) -> list[dict]:
+    """Re-inherited Inheritune rounds do not build on the round before, but it had to be trained (and fall
+    short) first: the identities of the earlier rounds of the same run."""
+    me = _ROUND.match(Path(run["dir"]).name)
+    if not me or (run["identity"].get("init") or {}).get("previous"):
+        return []
+    parent = Path(run["dir"]).parent
+    return [r["identity"] for r in runs if r.get("identity") and Path(r["dir"]).parent == parent
+            and (m := _ROUND.match(Path(r["dir"]).name)) and int(m.group(1)) < int(me.group(1))]
+
+
+def row_compute(row: dict, runs: list[dict]) -> dict:
+    """Tokens, training FLOPs of the row's own stage and cumulative FLOPs with everything it was built from
+    (compute.py), from the first seed's identity (the seeds agree on all but their seed); read off the curve
+    at `at_step`, the row's own stage counts up to that step."""
+    run = next((r for r in runs if r["label"] == row["run"] and r.get("identity")), None)
+    if run is None:
+        return {"tokens": None, "flops": None, "cumulative_flops": None}
+    ident = run["identity"]
+    own, total = stage_flops(ident), cumulative_flops(ident, _earlier_rounds(run, runs))
+    fraction = int(row["at_step"]) / ident["train"]["max_steps"] if row.get("at_step") else 1.0
+    if own is not None and total is not None:
+        total -= own * (1 - fraction)
+    return {"tokens": int(tokens(ident) * fraction), "flops": None if own is None else own * fraction,
+            "cumulative_flops": total}
 
 
 def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
@@ -199,15 +280,18 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
                          "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
                                                   if r["label"] == row["run"] and "config_sha256" in r.get(
                                                       "provenance", {})}),
-                         "paper": paper})
+                         "paper": paper,
+                         **row_compute(row, runs)})
         by_name = {r["name"]: r for r in rows}
         checks = []
         for check in table.get("checks", []):
             lhs, rhs = by_name[check["lhs"]], by_name[check["rhs"]]
             p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
             paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
-            checks.append({"claim": check["claim"], "ours": _verdict(lhs["mean"], check["op"], rhs["mean"]),
-                           "paper": _verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
+            ours = claim_verdict(lhs["ours"], rhs["ours"])
+            checks.append({"claim": check["claim"], "ours": ours["verdict"], "margin": ours["margin"],
+                           "noise": ours["noise"],
+                           "paper": paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
                            "ours_values": [lhs["mean"], rhs["mean"]],
                            "paper_values": [paper_value(p_lhs), paper_value(p_rhs)]})
         tables.append({"id": table["id"], "title": table["title"], "rows": rows, "checks": checks})
@@ -219,8 +303,9 @@ def suite_markdown(table: dict) -> str:
     evaluated = any(row["last_word_acc"] for row in table["rows"])
     head = " last-word acc %, ours | paper LAMBADA acc % |" if evaluated else ""
     lines = [f"## {table['title']}", "",
-             "| row | our run | seeds | val loss, ours (mean +- std) | paper row | paper val loss |" + head,
-             "|---|---|---|---|---|---|" + "---|---|" * evaluated]
+             "| row | our run | seeds | val loss, ours (mean +- std) | tokens | train FLOPs | cumulative FLOPs "
+             "| paper row | paper val loss |" + head,
+             "|---|---|---|---|---|---|---|---|---|" + "---|---|" * evaluated]
     for row in table["rows"]:
         run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
         seeds = ",".join(map(str, row["seeds"])) or "-"
@@ -228,15 +313,99 @@ def suite_markdown(table: dict) -> str:
         paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
         paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
             "val_loss"] else f"{paper['val_loss']:.4f}"
-        line = f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {paper_name} | {paper_loss} |"
+        line = (f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {_fmt_count(row['tokens'])} | "
+                f"{_fmt_count(row['flops'])} | {_fmt_count(row['cumulative_flops'])} | {paper_name} | {paper_loss} |")
         if evaluated:
             line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
         lines.append(line)
     if table["checks"]:
-        lines += ["", "| the paper's claim | ours | paper |", "|---|---|---|"]
+        lines += ["", f"A claim holds at our scale only when the margin exceeds the noise ({NOISE_FACTOR:g} x the pooled "
+                  "std over seeds); otherwise it is a tie.", "",
+                  "| the paper's claim | ours | margin (rhs - lhs) | noise | paper |", "|---|---|---|---|---|"]
+        num = lambda x: "-" if x is None else f"{x:+.4f}"
         for c in table["checks"]:
-            lines.append(f"| {c['claim']} | {c['ours']} | {c['paper']} |")
+            noise = "-" if c["noise"] is None else f"{c['noise']:.4f}"
+            lines.append(f"| {c['claim']} | {c['ours']} | {num(c['margin'])} | {noise} | {c['paper']} |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_count(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}" if x < 1e6 else f"{x:.2e}"
+
+
+COMPUTE_NOTE = ("Compute: tokens trained and training FLOPs = tokens x 3 x (2 x (12 L d^2 + d V) + 2 L T d) "
+                "(matrices, the LM head and attention over the full context; KD adds the teacher's forward); "
+                "cumulative FLOPs add everything the row was built from, once each: the reference's training, "
+                "the earlier rounds or stage, read off the curve where the row is.")
+
+
+def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | None:
+    """Val loss against cumulative training FLOPs (the reference's included) for every row with curves:
+    where a method's loss sits once its whole cost is counted. Mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    seen = set()
+    for table in tables:
+        for row in table["rows"]:
+            if row["run"] in seen or row["at_step"] or row["cumulative_flops"] is None or not row["flops"]:
+                continue
+            seen.add(row["run"])
+            curves = [c for r in runs if r["label"] == row["run"] and (c := val_curve(r["dir"]))]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            run = next(r for r in runs if r["label"] == row["run"] and r.get("identity"))
+            per_step = row["flops"] / run["identity"]["train"]["max_steps"]
+            before = row["cumulative_flops"] - row["flops"]
+            ax.plot([before + per_step * s for s in steps], [statistics.fmean(c[s] for c in curves) for s in steps],
+                    marker="o", markersize=2, label=row["name"])
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set(xlabel="cumulative training FLOPs (reference included)", ylabel="val loss",
+           title="Val loss against the compute spent to get there")
+    bests = [min(line.get_ydata()) for line in ax.lines]
+    ax.set_ylim(min(bests) - 0.05, min(bests) + 1.0)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
+    """For every Inheritune run of the group: the round that first matched the reference and the cumulative
+    FLOPs spent to get there (mean over seeds), so append and reinherit growth can be set side by side."""
+    by_run: dict[str, list[tuple[int, str | None, float | None]]] = {}
+    for path in sorted(Path(group_dir).rglob("stages.json")):
+        stages = json.loads(path.read_text())["stages"]
+        rounds = [st for st in stages if _ROUND.match(st["stage"])]
+        if not rounds:
+            continue
+        label, seed = _label_and_seed(Path(group_dir), path.parent)
+        matched = next((st for st in rounds if st.get("matched")), None)
+        cost = None
+        if matched:
+            row = next((r for r in runs if r["dir"] == str(path.parent / matched["stage"]) and r.get("identity")), None)
+            cost = cumulative_flops(row["identity"], _earlier_rounds(row, runs)) if row else None
+        by_run.setdefault(label, []).append((seed, matched["stage"] if matched else None, cost))
+    lines = []
+    for label, entries in by_run.items():
+        reached = [c for _, stage, c in entries if stage and c is not None]
+        rounds = sorted({stage or "not reached" for _, stage, _ in entries})
+        cost = f"{statistics.fmean(reached):.2e} FLOPs (mean of {len(reached)})" if reached else "-"
+        lines.append(f"| `{label}` | {len(entries)} | {', '.join(rounds)} | {cost} |")
+    if not lines:
+        return []
+    return ["## Compute to match the reference", "",
+            "| Inheritune run | seeds | first matching round | cumulative FLOPs to get there |",
+            "|---|---|---|---|", *lines, ""]
 
 
 def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
@@ -291,6 +460,7 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
 def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command: str | None = None) -> Path:
     """The paper's tables for a group: tables.md, tables.json and one curves PNG per table."""
     runs = collect(group_dir)
+    check_seeds_agree(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = suite_tables(suite, runs)
@@ -304,9 +474,14 @@ def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command:
     wall = sum(r.get("wall_seconds", 0.0) for r in runs) / 3600
     header += f"- wall time of all runs in the group: {wall:.2f} h\n"
     parts = [f"# Paper tables: {suite}\n", spec["description"].strip() + "\n", header]
+    parts.append(COMPUTE_NOTE + "\n")
     for table in tables:
         png = plot_curves(table, runs, out_dir / f"{table['id']}_curves.png")
         parts.append(suite_markdown(table) + f"\n![{table['id']} curves]({png.name})\n")
+    parts += growth_cost(Path(group_dir), runs)
+    compute_png = plot_compute(tables, runs, out_dir / "compute_curves.png")
+    if compute_png:
+        parts.append(f"![val loss against cumulative FLOPs]({compute_png.name})\n")
     (out_dir / "tables.md").write_text("\n".join(parts))
     (out_dir / "tables.json").write_text(json.dumps({"provenance": prov, "suite": suite, "tables": tables},
                                                      indent=2) + "\n")

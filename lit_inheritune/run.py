@@ -1,9 +1,16 @@
-"""Turn a composed config into stages and run them. Each method is one function of the config."""
+"""Turn a composed config into stages and run them. Each method is one function of the config.
+
+Every method first lays out its stages (`plan`): the directory each stage trains in and its identity, the
+settings that determine it (training/identity.py). `run` checks every planned directory before any training,
+so a stage made under other settings is an error, never silently reused, whichever stage of the run it is.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.checks import distilbert_blocks, preflight
 from lit_inheritune.checks import is_hf as _is_hf
+from lit_inheritune.errors import ConfigError
 from lit_inheritune.model import GPT
 from lit_inheritune.provenance import provenance
 from lit_inheritune.surgery import (
@@ -23,6 +31,7 @@ from lit_inheritune.surgery import (
     inherit_blocks,
     stack_blocks,
 )
+from lit_inheritune.training.identity import check_stage_dir, method_identity, stage_identity
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
 from lit_inheritune.training.runner import fit_stage, write_json_atomic
@@ -37,14 +46,33 @@ def _optim(cfg: DictConfig, max_steps: int) -> OptimConfig:
     return instantiate(cfg.optim, decay_steps=max_steps)
 
 
+@dataclass
+class Stage:
+    """One planned stage: its name, directory and identity, and a few words on how it starts."""
+
+    name: str
+    dir: Path
+    identity: dict
+    init: str
+
+    def header(self, cfg: DictConfig, number: int, total: str) -> str:
+        return f"[{cfg.name}] stage {number} of {total}: {self.name} ({self.init})"
+
+
 def scratch_dir(cfg: DictConfig, n_layer: int, steps: int, seed: int | None = None) -> Path:
     """Where `method=scratch` with this depth, step count and seed runs (its tag), so other methods can share it."""
     seed = cfg.seed if seed is None else seed
     return Path(cfg.paths.log_dir) / cfg.name / f"scratch-L{n_layer}-T{steps}-s{seed}"
 
 
-def train_scratch(cfg: DictConfig, datamodule, n_layer: int, steps: int, stage: str = "scratch",
-                  seed: int | None = None) -> dict:
+def scratch_stage(cfg: DictConfig, n_layer: int, steps: int, name: str = "scratch", seed: int | None = None) -> Stage:
+    seed = int(cfg.seed if seed is None else seed)
+    identity = stage_identity(cfg, n_layer=n_layer, steps=steps, seed=seed, init={"kind": "random"})
+    return Stage(name, scratch_dir(cfg, n_layer, steps, seed), identity, f"random init, {n_layer}L, seed {seed}")
+
+
+def train_scratch(cfg: DictConfig, datamodule, stage: Stage, n_layer: int, steps: int, seed: int | None = None,
+                  header: str = "") -> dict:
     """The scratch run of this depth, steps and seed (default: the run's); with another seed it also draws
     that seed's batches, so the run is the same whichever sweep job trains it."""
     if seed is not None and seed != cfg.seed:
@@ -53,15 +81,11 @@ def train_scratch(cfg: DictConfig, datamodule, n_layer: int, steps: int, stage: 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = instantiate(cfg.model, n_layer=n_layer)
     if _is_hf(cfg):  # a random-init model of the reference's architecture
-        module = CausalLM(model_cfg.random(), _optim(cfg, steps), _meta(cfg, stage))
+        module = CausalLM(model_cfg.random(), _optim(cfg, steps), _meta(cfg, stage.name))
     else:
-        module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage))
-    return fit_stage(cfg, module, datamodule, scratch_dir(cfg, n_layer, steps), stage=stage, max_steps=steps)
-
-
-def run_scratch(cfg: DictConfig) -> list[dict]:
-    """A randomly initialised model, trained once: the reference and the scratch baselines."""
-    return [train_scratch(cfg, instantiate(cfg.data), cfg.model.n_layer, cfg.train.max_steps)]
+        module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage.name))
+    return fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity,
+                     max_steps=steps, header=header)
 
 
 def reference_dir(cfg: DictConfig) -> Path:
@@ -70,7 +94,35 @@ def reference_dir(cfg: DictConfig) -> Path:
     return scratch_dir(cfg, cfg.model.n_layer, cfg.method.reference.max_steps, cfg.method.reference.seed)
 
 
-def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
+def reference_stage(cfg: DictConfig) -> Stage | None:
+    """The reference's training stage, or None when the reference is given (a checkpoint, a pretrained model)."""
+    ref = cfg.method.reference
+    if ref.ckpt or _is_hf(cfg):
+        return None
+    return scratch_stage(cfg, cfg.model.n_layer, int(ref.max_steps), "reference", int(ref.seed))
+
+
+def reference_identity(cfg: DictConfig) -> dict:
+    """What the reference is: its training stage's identity, or the given checkpoint's content, or the
+    pretrained model's spec."""
+    stage = reference_stage(cfg)
+    if stage is not None:
+        return stage.identity
+    if cfg.method.reference.ckpt:
+        return {"kind": "checkpoint", "sha256": _file_sha256(Path(cfg.method.reference.ckpt))}
+    return {"kind": "pretrained", "model": stage_identity(cfg, n_layer=cfg.model.n_layer, steps=0, seed=0,
+                                                          init={})["model"]}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def obtain_reference(cfg: DictConfig, datamodule, header: str = "") -> tuple[GPT, dict | None]:
     """The trained reference model and its result (None for a given checkpoint, whose val loss is
     measured on this experiment's val windows by the caller)."""
     ref_cfg = cfg.method.reference
@@ -81,8 +133,48 @@ def obtain_reference(cfg: DictConfig, datamodule) -> tuple[GPT, dict | None]:
     if _is_hf(cfg):  # a pretrained model: loaded, never trained here
         return instantiate(cfg.model).load(), None
     steps = int(ref_cfg.max_steps)
-    result = train_scratch(cfg, datamodule, cfg.model.n_layer, steps, stage="reference", seed=int(ref_cfg.seed))
+    result = train_scratch(cfg, datamodule, reference_stage(cfg), cfg.model.n_layer, steps, seed=int(ref_cfg.seed),
+                           header=header)
     return gpt_from_checkpoint(result["last_checkpoint"]), result
+
+
+def _derived(cfg: DictConfig, name: str, n_layer: int, kind: str, init: str, model: dict | None = None,
+             **sources) -> Stage:
+    """A stage of this run (in the run directory) initialised by `kind` from `sources` (identities)."""
+    identity = stage_identity(cfg, n_layer=n_layer, steps=int(cfg.train.max_steps), seed=int(cfg.seed),
+                              init={"kind": kind, "method": method_identity(cfg), **sources}, model=model)
+    return Stage(name, Path(cfg.run_dir) / name, identity, init)
+
+
+def inheritune_depths(cfg: DictConfig) -> list[int]:
+    """The depth of every round Algorithm 1 may run: n, n + g, ... up to max_layers (one round for a list of
+    blocks, which does not grow)."""
+    m = cfg.method
+    n = len(m.blocks) if m.blocks else int(m.n_layer)
+    return [n] if m.blocks else list(range(n, int(m.max_layers) + 1, int(m.grow_by)))
+
+
+def plan_inheritune(cfg: DictConfig) -> tuple[list[Stage], dict[int, list[Stage]]]:
+    """The rounds (each identified by the reference, the method and, for append growth, the round before) and
+    the scratch baselines for every depth the run may end at."""
+    m = cfg.method
+    ref = reference_identity(cfg)
+    rounds: list[Stage] = []
+    for rnd, n_layer in enumerate(inheritune_depths(cfg)):
+        sources = {"reference": ref, "round": rnd}
+        if rnd and m.grow_mode == "append":
+            sources["previous"] = rounds[-1].identity
+        if rnd == 0:
+            what = f"blocks {list(m.blocks)}" if m.blocks else f"blocks 0-{n_layer - 1}"
+            init = f"inherits {what} of the reference ({m.parts})"
+        elif m.grow_mode == "append":
+            init = f"round {rnd}'s target + reference blocks {rounds[-1].identity['model']['n_layer']}-{n_layer - 1}"
+        else:
+            init = f"inherits blocks 0-{n_layer - 1} of the reference afresh ({m.parts})"
+        rounds.append(_derived(cfg, f"round{rnd + 1}-L{n_layer}", n_layer, "inheritune", init, **sources))
+    baselines = {n: [scratch_stage(cfg, n, int(steps), f"scratch-L{n}-T{steps}") for steps in m.scratch_baselines or []]
+                 for n in inheritune_depths(cfg)}
+    return rounds, baselines
 
 
 def _surgery(cfg: DictConfig):
@@ -94,46 +186,115 @@ def _surgery(cfg: DictConfig):
 
         return (lambda ref, n, blocks: inherit_hf_layers(ref, n_layer=n, blocks=blocks).float(),
                 lambda tgt, ref, n_new: grow_hf(tgt, ref, n_new=n_new, mode=m.grow_mode).float())
-    kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f)
+    kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f, attn_scale=m.attn_scale)
     return (lambda ref, n, blocks: inherit_blocks(ref, n_layer=n, blocks=blocks, **kwargs),
             lambda tgt, ref, n_new: grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
 
 
-def run_inheritune(cfg: DictConfig) -> list[dict]:
+class _Headers:
+    """Numbers the stages as they start: "stage 2 of 5" (or "of up to 6" when rounds may stop early)."""
+
+    def __init__(self, cfg: DictConfig, stages: list[Stage], may_stop_early: bool = False):
+        self.cfg, self.done = cfg, 0
+        self.total = f"up to {len(stages)}" if may_stop_early else str(len(stages))
+
+    def __call__(self, stage: Stage) -> str:
+        self.done += 1
+        return stage.header(self.cfg, self.done, self.total)
+
+
+def _unique(stages: list[Stage | None]) -> list[Stage]:
+    """Planned stages without repeats: a scratch baseline of the reference's size and steps is the reference."""
+    seen, out = set(), []
+    for stage in stages:
+        if stage is not None and stage.dir not in seen:
+            seen.add(stage.dir)
+            out.append(stage)
+    return out
+
+
+def plan(cfg: DictConfig) -> list[Stage]:
+    """Every stage the configured method may train, in order (Inheritune: every round up to max_layers and the
+    scratch baselines at every depth the run may end at)."""
+    m, k, T = cfg.method, int(cfg.model.n_layer), int(cfg.train.max_steps)
+    ref = reference_identity(cfg) if m.get("reference") is not None else None
+    if m.name == "scratch":
+        return [scratch_stage(cfg, k, T)]
+    if m.name == "inheritune":
+        rounds, baselines = plan_inheritune(cfg)
+        return _unique([reference_stage(cfg), *rounds, *(s for stages in baselines.values() for s in stages)])
+    n = int(m.get("n_layer") or k)
+    if m.name == "stacking":
+        first = scratch_stage(cfg, n // 2, T, f"stage1-L{n // 2}")
+        return [first, _derived(cfg, f"stage2-L{n}", n, "stacking", f"{n // 2}L stage 1 stacked twice",
+                                previous=first.identity)]
+    if m.name == "hybrid_stacking":
+        return _unique([reference_stage(cfg), _derived(
+            cfg, f"hybrid-L{n}", n, "hybrid_stacking", f"reference blocks 0-{n // 2 - 1} repeated to {n} blocks",
+            reference=ref)])
+    if m.name == "half_width":
+        H, C = int(cfg.model.n_head), int(cfg.model.n_embd)
+        return _unique([reference_stage(cfg), _derived(
+            cfg, f"halfwidth-L{k}-d{C // 2}", k, "half_width", f"the reference sliced to d={C // 2}",
+            model={"n_embd": C // 2, "n_head": H // 2}, reference=ref)])
+    if m.name in ("kd", "distilbert_kd"):
+        blocks = _student_blocks(cfg)
+        init = f"teacher blocks {blocks}" if blocks else "random init"
+        return _unique([reference_stage(cfg), _derived(cfg, f"student-L{n}", n, m.name, f"{init}, distilled",
+                                                       teacher=ref)])
+    raise ConfigError(f"unknown method {m.name!r}; known: {sorted(METHODS)}")
+
+
+def run_scratch(cfg: DictConfig, datamodule) -> list[dict]:
+    """A randomly initialised model, trained once: the reference and the scratch baselines."""
+    stages = plan(cfg)
+    headers = _Headers(cfg, stages)
+    return [train_scratch(cfg, datamodule, stages[0], cfg.model.n_layer, cfg.train.max_steps, header=headers(stages[0]))]
+
+
+def run_inheritune(cfg: DictConfig, datamodule) -> list[dict]:
     """Algorithm 1: inherit, train, and grow until the target matches the reference's val loss."""
     m = cfg.method
-    datamodule = instantiate(cfg.data)
-    reference, ref_result = obtain_reference(cfg, datamodule)
+    rounds, baselines = plan_inheritune(cfg)
+    headers = _Headers(cfg, plan(cfg), may_stop_early=len(rounds) > 1)
+    reference, ref_result = obtain_reference(cfg, datamodule, header=_ref_header(cfg, headers))
     if ref_result is None:
         ref_result = _measure(cfg, reference, datamodule)
         print(f"[{cfg.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
               f"{ref_result['val_loss']:.4f} on this experiment's val windows", flush=True)
     inherit, grow_target = _surgery(cfg)
-    results, target, rnd = [], None, 0
-    n_layer = len(m.blocks) if m.blocks else int(m.n_layer)
-    while True:
+    results, target = [], None
+    for rnd, stage in enumerate(rounds):
+        n_layer = stage.identity["model"]["n_layer"]
         L.seed_everything(cfg.seed + rnd, workers=True, verbose=False)
-        stage = f"round{rnd + 1}-L{n_layer}"
         if target is None:
             blocks = list(m.blocks) if m.blocks else None
             target = inherit(reference, None if blocks else n_layer, blocks)
         else:
             target = grow_target(target, reference, n_layer - target.config.n_layer)
-        result = _judge(_train_from(cfg, datamodule, target, stage), ref_result, m)
+        result = _judge(_train_from(cfg, datamodule, target, stage, headers(stage)), ref_result, m)
         results.append(result)
-        print(f"[{cfg.name}] {stage}: val loss {result['val_loss']:.4f} vs reference "
+        print(f"[{cfg.name}] {stage.name}: val loss {result['val_loss']:.4f} vs reference "
               f"{ref_result['val_loss']:.4f}: {'matched' if result['matched'] else 'not matched'}", flush=True)
-        if result["matched"] or m.blocks or n_layer + m.grow_by > m.max_layers:
+        if result["matched"]:
             break
         target = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
-        n_layer += m.grow_by
-        rnd += 1
-    baselines = [  # same-size random init, e.g. [T, 2T] as in Table 1
-        _judge(train_scratch(cfg, datamodule, n_layer, int(steps), stage=f"scratch-L{n_layer}-T{steps}"), ref_result, m)
-        for steps in m.scratch_baselines or []
+    final = results[-1]["n_layer"]
+    reference_dir_ = reference_stage(cfg).dir if reference_stage(cfg) else None
+    scratch = [  # same-size random init, e.g. [T, 2T] as in Table 1
+        _judge(train_scratch(cfg, datamodule, stage, final, stage.identity["train"]["max_steps"],
+                             header=headers(stage)), ref_result, m)
+        for stage in baselines[final]
     ]
-    write_stage_table(cfg, ref_result, results + baselines)
-    return results + baselines
+    # a baseline that is the reference's own run (same depth, steps, seed) is the reference's row already
+    scratch = [r for r, stage in zip(scratch, baselines[final]) if stage.dir != reference_dir_]
+    write_stage_table(cfg, ref_result, results + scratch)
+    return results + scratch
+
+
+def _ref_header(cfg: DictConfig, headers: _Headers) -> str:
+    stage = reference_stage(cfg)
+    return headers(stage) if stage else ""
 
 
 def _judge(result: dict, ref: dict, m: DictConfig) -> dict:
@@ -168,59 +329,76 @@ def write_stage_table(cfg: DictConfig, ref: dict, results: list[dict]) -> str:
     return table
 
 
-def _train_from(cfg: DictConfig, datamodule, model: GPT, stage: str) -> dict:
-    """Train an initialised model for train.max_steps in <run dir>/<stage>, with a fresh schedule."""
-    module = CausalLM(model, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage))
-    return fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage)
+def _train_from(cfg: DictConfig, datamodule, model: GPT, stage: Stage, header: str) -> dict:
+    """Train an initialised model for train.max_steps in its stage directory, with a fresh schedule."""
+    module = CausalLM(model, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage.name))
+    return fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity, header=header)
 
 
-def run_stacking(cfg: DictConfig) -> list[dict]:
+def run_stacking(cfg: DictConfig, datamodule) -> list[dict]:
     """Stacking: train an n/2-layer model from scratch for T steps (the scratch run of that size), copy its
     blocks 0..n/2-1 into n/2..n-1 and train T more steps. `model` is the reference; n = method.n_layer."""
     n = int(cfg.method.n_layer)
-    datamodule = instantiate(cfg.data)
-    first = train_scratch(cfg, datamodule, n // 2, cfg.train.max_steps, stage=f"stage1-L{n // 2}")
+    first_stage, second_stage = stages = plan(cfg)
+    headers = _Headers(cfg, stages)
+    first = train_scratch(cfg, datamodule, first_stage, n // 2, cfg.train.max_steps, header=headers(first_stage))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    stacked = stack_blocks(gpt_from_checkpoint(first["last_checkpoint"]))
-    return [first, _train_from(cfg, datamodule, stacked, f"stage2-L{n}")]
+    stacked = stack_blocks(gpt_from_checkpoint(first["last_checkpoint"]), attn_scale=cfg.method.attn_scale)
+    return [first, _train_from(cfg, datamodule, stacked, second_stage, headers(second_stage))]
 
 
-def run_hybrid_stacking(cfg: DictConfig) -> list[dict]:
+def _from_reference(cfg: DictConfig, datamodule, build) -> list[dict]:
+    """A one-stage method initialised from the reference by `build(reference)`."""
+    stages = plan(cfg)
+    headers = _Headers(cfg, stages)
+    reference, _ = obtain_reference(cfg, datamodule, header=_ref_header(cfg, headers))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return [_train_from(cfg, datamodule, build(reference), stages[-1], headers(stages[-1]))]
+
+
+def run_hybrid_stacking(cfg: DictConfig, datamodule) -> list[dict]:
     """Hybrid stacking: reference blocks 0..n/2-1 repeated to fill n blocks, trained T steps."""
     n = int(cfg.method.n_layer)
-    datamodule = instantiate(cfg.data)
-    reference, _ = obtain_reference(cfg, datamodule)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return [_train_from(cfg, datamodule, hybrid_stack(reference, n_source=n // 2, n_layer=n), f"hybrid-L{n}")]
+    return _from_reference(cfg, datamodule, lambda ref: hybrid_stack(ref, n_source=n // 2, n_layer=n,
+                                                                     attn_scale=cfg.method.attn_scale))
 
 
-def run_half_width(cfg: DictConfig) -> list[dict]:
+def run_half_width(cfg: DictConfig, datamodule) -> list[dict]:
     """Half width: the reference's depth at half its width and heads, sliced from it, trained T steps."""
-    datamodule = instantiate(cfg.data)
-    reference, _ = obtain_reference(cfg, datamodule)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = half_width(reference)
-    return [_train_from(cfg, datamodule, model, f"halfwidth-L{model.config.n_layer}-d{model.config.n_embd}")]
+    return _from_reference(cfg, datamodule, half_width)
 
 
-def run_kd(cfg: DictConfig) -> list[dict]:
+def _student_blocks(cfg: DictConfig) -> list[int] | None:
+    """The teacher blocks a DistilBERT-style student starts from (None: a random-init logit-KD student)."""
+    m, k = cfg.method, cfg.model.n_layer
+    n = int(m.n_layer)
+    if m.name != "distilbert_kd":
+        return None
+    return list(m.student_blocks) if m.student_blocks else distilbert_blocks(k, n)
+
+
+def run_kd(cfg: DictConfig, datamodule) -> list[dict]:
     """Logit distillation (`kd`: random-init student) or DistilBERT-style (`distilbert_kd`: student blocks
     copied from teacher blocks, with the token embedding) from the reference as a frozen teacher."""
     from lit_inheritune.training.distill import DistillationLM
 
-    m, k = cfg.method, cfg.model.n_layer
+    m = cfg.method
     n = int(m.n_layer)
-    blocks = None
-    if m.name == "distilbert_kd":
-        blocks = list(m.student_blocks) if m.student_blocks else distilbert_blocks(k, n)
-    datamodule = instantiate(cfg.data)
-    teacher, _ = obtain_reference(cfg, datamodule)
+    blocks = _student_blocks(cfg)
+    stages = plan(cfg)
+    headers = _Headers(cfg, stages)
+    teacher, _ = obtain_reference(cfg, datamodule, header=_ref_header(cfg, headers))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    student = inherit_blocks(teacher, blocks=blocks) if blocks else GPT(instantiate(cfg.model, n_layer=n))
-    stage = f"student-L{n}"
-    module = DistillationLM(student, teacher, _optim(cfg, cfg.train.max_steps), alpha=m.alpha,
-                            temperature=m.temperature, meta=_meta(cfg, stage))
-    return [fit_stage(cfg, module, datamodule, Path(cfg.run_dir) / stage, stage=stage)]
+    student = (inherit_blocks(teacher, blocks=blocks, attn_scale=m.attn_scale) if blocks
+               else GPT(instantiate(cfg.model, n_layer=n)))
+    stage = stages[-1]
+    optim = _optim(cfg, cfg.train.max_steps)
+    if m.min_lr is not None:  # the student's own floor; cfg.optim is also the teacher's
+        optim = replace(optim, min_lr=m.min_lr)
+    module = DistillationLM(student, teacher, optim, alpha=m.alpha,
+                            temperature=m.temperature, meta=_meta(cfg, stage.name))
+    return [fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity,
+                      header=headers(stage))]
 
 
 METHODS = {
@@ -273,7 +451,11 @@ def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
 
 def run(cfg: DictConfig) -> list[dict]:
     preflight(cfg)  # every check that needs no trained model (lit_inheritune/checks.py), before any compute
-    results = METHODS[cfg.method.name](cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # the stages' identities name the prepared shards
+    for stage in plan(cfg):  # before any training: no stage of this run may hold work made under other settings
+        check_stage_dir(stage.dir, stage.identity)
+    results = METHODS[cfg.method.name](cfg, datamodule)
     for result in results:
         print(summary_line(cfg, result), flush=True)
     table = Path(cfg.run_dir) / "stages.md"

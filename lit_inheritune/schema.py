@@ -25,6 +25,7 @@ class GPTModelSchema:
     block_size: int = MISSING
     vocab_size: int = MISSING
     scale_attn_by_inverse_layer_idx: bool = MISSING
+    attn_scale_index: list[int] | None = None  # set by surgery (GPTConfig), never by a model config
 
 
 @dataclass
@@ -108,12 +109,14 @@ class MethodSchema:
     copy_ln_f: bool | None = None
     grow_by: int | None = None
     grow_mode: str | None = None
+    attn_scale: str | None = None
     max_layers: int | None = None
     tolerance: float | None = None
     scratch_baselines: list[int] | None = None
     reference: ReferenceSchema | None = None
     alpha: float | None = None
     temperature: float | None = None
+    min_lr: float | None = None
     student_blocks: list[int] | None = None
 
 

@@ -9,8 +9,10 @@ anything, so a bad request fails before any compute is spent. What is copied, ex
 - `grow`: `reinherit` is a fresh `inherit_blocks` of the first n+g blocks (what the paper ran);
   `append` keeps the trained target and appends reference blocks n..n+g-1.
 
-A block's attention scale follows its position in the new model (1 / (position + 1)), as in
-Hugging Face's GPT-2; for the paper's first-n inheritance the position equals the source index.
+Attention scale of a block that moves (`attn_scale`, PAPER.md section 1): `position` (the default, the official
+code's behaviour) gives it 1 / (position + 1) of its position in the new model; `source` keeps the scale of the
+block it was copied from, so it computes exactly what it computed there. For the paper's first-n inheritance
+the two are the same model. The choice is recorded in the new model's config (`attn_scale_index`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 import torch
 
 from lit_inheritune.model import GPT, GPTConfig, renumber_blocks
+
+ATTN_SCALES = ("position", "source")
 
 # Sub-modules of a block each Table 3 variant inherits.
 BLOCK_PARTS: dict[str, tuple[str, ...]] = {
@@ -68,6 +72,13 @@ def source_blocks(k: int, n_layer: int | None, blocks: Sequence[int] | None) -> 
     return _check_sources(blocks, k, "reference")
 
 
+def _keeps_scale(attn_scale: str) -> bool:
+    """Whether moved blocks keep their source block's attention scale (`source`) or take their position's."""
+    if attn_scale not in ATTN_SCALES:
+        raise SurgeryError(f"unknown attention scale policy {attn_scale!r}; choose one of {list(ATTN_SCALES)}")
+    return attn_scale == "source"
+
+
 @torch.no_grad()
 def _copy_(dst: torch.nn.Module, src: torch.nn.Module) -> None:
     dst.load_state_dict(src.state_dict())
@@ -80,15 +91,18 @@ def inherit_blocks(
     parts: str = "block",
     copy_wpe: bool = False,
     copy_ln_f: bool = False,
+    attn_scale: str = "position",
 ) -> GPT:
     """A model of `len(blocks)` layers (default: the first `n_layer` reference blocks) whose block i is a
     copy of the chosen `parts` of reference block `blocks[i]`; everything else is freshly initialised as
-    in a random model of the same size (seeded by the caller's RNG state)."""
+    in a random model of the same size (seeded by the caller's RNG state). With attn_scale="source" block i
+    keeps the attention scale of reference block `blocks[i]`, whichever parts are copied."""
     blocks = source_blocks(reference.config.n_layer, n_layer, blocks)
     if parts not in BLOCK_PARTS:
         raise SurgeryError(f"unknown block parts {parts!r}; choose one of {sorted(BLOCK_PARTS)}")
+    scale_index = [reference.transformer.h[b].layer_idx for b in blocks] if _keeps_scale(attn_scale) else None
 
-    config = GPTConfig(**{**reference.config.to_dict(), "n_layer": len(blocks)})
+    config = GPTConfig(**{**reference.config.to_dict(), "n_layer": len(blocks), "attn_scale_index": scale_index})
     target = GPT(config).to(reference.transformer.wte.weight.device)
     _copy_(target.transformer.wte, reference.transformer.wte)
     if copy_wpe:
@@ -102,7 +116,8 @@ def inherit_blocks(
 
 
 def grow(target: GPT, reference: GPT, n_new: int = 2, mode: str = "append", **inherit_kwargs) -> GPT:
-    """An (n + n_new)-layer model from an n-layer target and the reference it came from."""
+    """An (n + n_new)-layer model from an n-layer target and the reference it came from. With `append`, the
+    appended blocks (and the target's) keep their attention scale when inherit_kwargs has attn_scale="source"."""
     n, k = target.config.n_layer, reference.config.n_layer
     check_same_family(target.config, reference.config)
     if n_new < 1:
@@ -113,10 +128,11 @@ def grow(target: GPT, reference: GPT, n_new: int = 2, mode: str = "append", **in
         return inherit_blocks(reference, n_layer=n + n_new, **inherit_kwargs)
     if mode != "append":
         raise SurgeryError(f"unknown grow mode {mode!r}; choose 'append' or 'reinherit'")
+    keep_scale = _keeps_scale(inherit_kwargs.get("attn_scale", "position"))
     grown = copy.deepcopy(target)
     for src in range(n, n + n_new):
         grown.transformer.h.append(copy.deepcopy(reference.transformer.h[src]))
-    return renumber_blocks(grown)
+    return renumber_blocks(grown, keep_scale)
 
 
 def gpt_from_checkpoint(path, map_location="cpu") -> GPT:
@@ -138,17 +154,19 @@ def gpt_from_checkpoint(path, map_location="cpu") -> GPT:
     return model
 
 
-def stack_blocks(model: GPT, times: int = 2) -> GPT:
+def stack_blocks(model: GPT, times: int = 2, attn_scale: str = "position") -> GPT:
     """Stacking (Gong et al. 2019): a model `times` as deep whose blocks repeat the trained ones in order,
-    e.g. blocks 0..m-1 copied into m..2m-1. Embeddings and the final norm are kept."""
+    e.g. blocks 0..m-1 copied into m..2m-1. Embeddings and the final norm are kept. With attn_scale="source"
+    every copy keeps the attention scale of the block it repeats."""
     if times < 2:
         raise SurgeryError(f"stacking needs times >= 2, got {times}")
+    keep_scale = _keeps_scale(attn_scale)
     stacked = copy.deepcopy(model)
     originals = list(model.transformer.h)
     for _ in range(times - 1):
         for block in originals:
             stacked.transformer.h.append(copy.deepcopy(block))
-    return renumber_blocks(stacked)
+    return renumber_blocks(stacked, keep_scale)
 
 
 def hybrid_stack(reference: GPT, n_source: int, n_layer: int, **inherit_kwargs) -> GPT:
@@ -167,6 +185,8 @@ def half_width(reference: GPT) -> GPT:
       c_proj[:d/2, :d/2] (output features 0..d/2-1, inputs from the kept heads);
     - MLP: c_fc[:2d, :d/2] (the first 2d = 4 * d/2 hidden units), c_proj[:d/2, :2d];
     - embeddings (token, position, so the tied head too)[:, :d/2]; every norm weight[:d/2].
+
+    No block moves, so each keeps the reference's attention scale (its attn_scale_index too).
     """
     cfg = reference.config
     C, H = cfg.n_embd, cfg.n_head

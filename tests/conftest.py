@@ -60,3 +60,22 @@ def _plain(node):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True)
+
+
+@pytest.fixture
+def initial_models(monkeypatch):
+    """stage name -> a copy of the model each stage's Trainer is handed by lit_inheritune.run, taken before any
+    step: what surgery (or a fresh init) built, so tests can check a stage's starting weights against their
+    sources. The stages still train as usual."""
+    import copy
+
+    from lit_inheritune import run as run_module
+
+    built, fit_stage = {}, run_module.fit_stage
+
+    def recording_fit_stage(cfg, module, *args, **kwargs):
+        built[kwargs["stage"]] = copy.deepcopy(module.model)
+        return fit_stage(cfg, module, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit_stage", recording_fit_stage)
+    return built

@@ -1,13 +1,15 @@
 """The warm-start baselines end to end on the fixture corpus (the surgery itself is in test_surgery.py)."""
 
+import lightning as L
 import pytest
 import torch
 from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.model import GPT, GPTConfig
 from lit_inheritune.run import reference_dir, run, scratch_dir
-from lit_inheritune.surgery import gpt_from_checkpoint
+from lit_inheritune.surgery import gpt_from_checkpoint, half_width
 
 
 def _cfg(tmp_path, data_dir, method, *extra):
@@ -15,23 +17,61 @@ def _cfg(tmp_path, data_dir, method, *extra):
                     f"paths.root_dir={tmp_path}", f"data.data_dir={data_dir}", *extra])
 
 
-def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_data_dir):
-    cfg = _cfg(tmp_path, fixture_data_dir, "stacking")
+def _same(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _fresh(reference, n_layer, seed):
+    """What a baseline's surgery draws every tensor it does not copy from: each run seeds cfg.seed right before."""
+    L.seed_everything(seed, verbose=False)
+    return GPT(GPTConfig(**{**reference.config.to_dict(), "n_layer": n_layer}))
+
+
+@pytest.mark.parametrize("attn_scale, scales", [("position", [0, 1, 2, 3]), ("source", [0, 1, 0, 1])])
+def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_data_dir, initial_models, attn_scale,
+                                                           scales):
+    cfg = _cfg(tmp_path, fixture_data_dir, "stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
     first, second = run(cfg)
-    assert (first["n_layer"], second["n_layer"]) == (1, 2)
-    assert first["last_checkpoint"].startswith(str(scratch_dir(cfg, 1, 10)))  # shared with scratch runs
+    assert (first["n_layer"], second["n_layer"]) == (2, 4)
+    assert first["last_checkpoint"].startswith(str(scratch_dir(cfg, 2, 10)))  # shared with scratch runs
     assert second["steps"] == 10
+    # Stage 2 starts from stage 1's trained model with its blocks 0, 1 repeated as 2, 3; nothing else changes.
+    trained, start = gpt_from_checkpoint(first["last_checkpoint"]), initial_models["stage2-L4"]
+    assert not _same(trained, initial_models["stage1-L2"])  # stage 1 trained
+    for i in range(4):
+        assert _same(start.transformer.h[i], trained.transformer.h[i % 2]), i
+    for name in ("wte", "wpe", "ln_f"):
+        assert _same(getattr(start.transformer, name), getattr(trained.transformer, name)), name
+    assert [b.layer_idx for b in start.transformer.h] == scales  # method.attn_scale reached the surgery
 
 
-def test_hybrid_stacking_and_half_width_start_from_the_reference(tmp_path, fixture_data_dir):
-    [hybrid] = run(_cfg(tmp_path, fixture_data_dir, "hybrid_stacking"))
-    [half] = run(_cfg(tmp_path, fixture_data_dir, "half_width"))
-    cfg = _cfg(tmp_path, fixture_data_dir, "half_width")
+@pytest.mark.parametrize("attn_scale, scales", [("position", [0, 1, 2, 3]), ("source", [0, 1, 0, 1])])
+def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_data_dir, initial_models, attn_scale,
+                                                             scales):
+    cfg = _cfg(tmp_path, fixture_data_dir, "hybrid_stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
+    [hybrid] = run(cfg)
+    assert hybrid["n_layer"] == 4
     reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
-    assert hybrid["n_layer"] == 2
-    model = gpt_from_checkpoint(half["last_checkpoint"])
-    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == (4, 16, 1)
-    assert not torch.equal(model.transformer.wte.weight, reference.transformer.wte.weight[:, :16])  # trained
+    start, fresh = initial_models["hybrid-L4"], _fresh(reference, 4, cfg.seed)
+    for i in range(4):  # reference blocks 0, 1, 0, 1
+        assert _same(start.transformer.h[i], reference.transformer.h[i % 2]), i
+    assert torch.equal(start.transformer.wte.weight, reference.transformer.wte.weight)
+    for name in ("wpe", "ln_f"):  # as Inheritune: not copied
+        assert _same(getattr(start.transformer, name), getattr(fresh.transformer, name)), name
+        assert not _same(getattr(start.transformer, name), getattr(reference.transformer, name)), name
+    assert [b.layer_idx for b in start.transformer.h] == scales  # method.attn_scale reached the surgery
+
+
+def test_half_width_starts_from_the_sliced_reference(tmp_path, fixture_data_dir, initial_models):
+    cfg = _cfg(tmp_path, fixture_data_dir, "half_width")
+    [half] = run(cfg)
+    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    start = initial_models["halfwidth-L4-d16"]
+    assert (start.config.n_layer, start.config.n_embd, start.config.n_head) == (4, 16, 1)
+    assert _same(start, half_width(reference))  # every tensor a slice of the trained reference (test_surgery)
+    assert not _same(start, _fresh(half_width(reference), 4, cfg.seed))
+    assert half["n_layer"] == 4
 
 
 @pytest.mark.parametrize(
@@ -56,13 +96,32 @@ def test_distilbert_default_mapping_is_the_papers_for_medium():
     assert distilbert_blocks(8, 6) == [0, 2, 4, 6, 4, 5]
 
 
-@pytest.mark.parametrize("method", ["kd", "distilbert_kd"])
-def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, method):
-    [result] = run(_cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2"))
+@pytest.mark.parametrize("method, overrides", [("kd", []), ("distilbert_kd", ["method.attn_scale=source"])])
+def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, initial_models, method, overrides):
+    cfg = _cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2", "optim.min_lr=1e-4", "method.min_lr=2e-4",
+               *overrides)
+    [result] = run(cfg)
     ckpt = torch.load(result["last_checkpoint"], weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
     assert gpt_from_checkpoint(result["last_checkpoint"]).config.n_layer == 2
     assert result["stage"] == "student-L2"
+    # The student decays to KD's own floor; the teacher, the group's reference, to the group's.
+    assert ckpt["hyper_parameters"]["optim"]["min_lr"] == 2e-4
+    teacher = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    assert torch.load(reference_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)[
+        "hyper_parameters"]["optim"]["min_lr"] == 1e-4
+    # Logit KD starts from a random init; DistilBERT-style from teacher blocks 0, 2 (every other block) and
+    # the teacher's token embedding, the rest fresh.
+    start, fresh = initial_models["student-L2"], _fresh(teacher, 2, cfg.seed)
+    if method == "kd":
+        assert _same(start, fresh)
+        return
+    for i, src in enumerate([0, 2]):
+        assert _same(start.transformer.h[i], teacher.transformer.h[src]), i
+    assert torch.equal(start.transformer.wte.weight, teacher.transformer.wte.weight)
+    for name in ("wpe", "ln_f"):
+        assert _same(getattr(start.transformer, name), getattr(fresh.transformer, name)), name
+    assert [b.layer_idx for b in start.transformer.h] == [0, 2]  # method.attn_scale=source reached the surgery
 
 
 def test_distilbert_mapping_naming_a_missing_teacher_block_is_a_clear_error(tmp_path, fixture_data_dir):

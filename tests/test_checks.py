@@ -31,10 +31,11 @@ def test_schemas_have_the_fields_of_what_they_instantiate():
 
 def test_checks_know_the_methods_and_parts_the_code_has():
     from lit_inheritune.run import METHODS
-    from lit_inheritune.surgery import BLOCK_PARTS
+    from lit_inheritune.surgery import ATTN_SCALES, BLOCK_PARTS
 
     assert set(checks.METHOD_CHECKS) == set(METHODS)
     assert checks.BLOCK_PARTS == tuple(BLOCK_PARTS)
+    assert checks.ATTN_SCALES == ATTN_SCALES
 
 
 @pytest.mark.parametrize("override, key", [("train.max_steps=abc", "train.max_steps"),

@@ -103,10 +103,121 @@ def test_every_job_of_reproduce_cpu_composes_and_shares_one_reference():
     from lit_inheritune.run import reference_dir
 
     jobs = list(_reproduce_jobs())
-    assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer
+    assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 2 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer, both scales
     references = set()
     for job in jobs:
         cfg = compose(job)
         if cfg.method.name not in ("scratch", "stacking"):  # the methods that start from the reference
             references.add((cfg.name, reference_dir(cfg).name))
     assert references == {("cpu_medium_16l", "scratch-L8-T1000-s0"), ("cpu_lazy_transfer", "scratch-L12-T1000-s0")}
+
+
+# What each paper experiment must compose to, from PAPER.md sections 2-4. `ref` is the reference's
+# (layers, width, heads); tokens per step = batch x context x accumulation x devices as configured.
+OPENWEBTEXT = dict(steps=100_000, lr_floor=1e-5, warmup=2000, beta2=0.95, tokens_per_step=49_152,  # v2 code
+                   sampling="random")
+FINEWEB = dict(OPENWEBTEXT, tokens_per_step=61_440, beta2=0.999, sampling="sequential")
+MEDIUM, LARGE, XLARGE = (24, 1024, 16), (36, 1280, 20), (48, 1600, 25)
+PAPER_EXPERIMENTS = {
+    # Table 1: Inheritune 12 -> 14 -> 16 for Medium, one round of k/2 for Large and XLarge.
+    "gpt2_medium_16l": dict(OPENWEBTEXT, ref=MEDIUM, lr=3e-4, method="inheritune", n_layer=12, grow_by=2, max_layers=16),
+    "gpt2_medium_scratch": dict(OPENWEBTEXT, ref=MEDIUM, lr=3e-4, method="scratch"),
+    "gpt2_large_18l": dict(OPENWEBTEXT, ref=LARGE, lr=2e-4, method="inheritune", n_layer=18),
+    "gpt2_xlarge_24l": dict(OPENWEBTEXT, ref=XLARGE, lr=1.5e-4, method="inheritune", n_layer=24),
+    # Table 2: stacking Medium 8 -> 16, Large 9 -> 18, XLarge 12 -> 24 (method.n_layer is the stacked depth).
+    "gpt2_medium_table2": dict(OPENWEBTEXT, ref=MEDIUM, lr=3e-4, method="stacking", n_layer=16),
+    "gpt2_large_table2": dict(OPENWEBTEXT, ref=LARGE, lr=2e-4, method="stacking", n_layer=18),
+    "gpt2_xlarge_table2": dict(OPENWEBTEXT, ref=XLARGE, lr=1.5e-4, method="stacking", n_layer=24),
+    # Table 3: one 16L round from the 24L Medium reference.
+    "gpt2_medium_table3": dict(OPENWEBTEXT, ref=MEDIUM, lr=3e-4, method="inheritune", n_layer=16, max_layers=16),
+    # KD: 16L students, 50K steps, lr 3e-4 cosine to lr/10 (the student's floor), 0.6 CE + 0.4 KL at T = 1.
+    "gpt2_medium_kd": dict(OPENWEBTEXT, ref=MEDIUM, lr=3e-4, method="kd", n_layer=16, steps=50_000, student_lr_floor=3e-5,
+                           alpha=0.6, temperature=1.0),
+    # Table 4 [v4 Table 1], FineWeb-Edu: 16L of the 24L Medium and of the 32L Large-dagger, one round. The lr is
+    # section 3's for the family (FineWeb's script is not quoted for it; README: project choices).
+    "fineweb_medium_16l": dict(FINEWEB, ref=MEDIUM, lr=3e-4, method="inheritune", n_layer=16, max_layers=16),
+    "fineweb_large_dagger_16l": dict(FINEWEB, ref=(32, 1280, 20), lr=2e-4, method="inheritune", n_layer=16,
+                                     max_layers=16),
+    # v4 Table 4: 4-layer variants of a 12L GPT-2 Small from blocks 1-4 (0-based 0-3) by default; Small's lr is
+    # not in the paper (6e-4 is a project choice).
+    "lazy_transfer_small": dict(OPENWEBTEXT, ref=(12, 768, 12), lr=6e-4, method="inheritune", n_layer=4,
+                                blocks=[0, 1, 2, 3]),
+    # Appendix B: OpenLLaMA-3B, first 13 of 26 layers, lr 3e-4, warmup 1000, 131K tokens per batch, one round.
+    "openllama3b_13l": dict(ref=(26, 3200, 32), lr=3e-4, warmup=1000, tokens_per_step=131_072, beta2=0.95,
+                            sampling="random", method="inheritune", n_layer=13, max_layers=13),
+}
+
+
+def test_every_paper_experiment_is_checked_against_the_paper():
+    paper = {e for e in EXPERIMENTS if e.startswith(("gpt2_", "fineweb_")) or e in ("lazy_transfer_small",
+                                                                                     "openllama3b_13l")}
+    assert paper == set(PAPER_EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", sorted(PAPER_EXPERIMENTS))
+def test_paper_experiment_has_the_papers_numbers(experiment):
+    want, cfg = PAPER_EXPERIMENTS[experiment], compose([f"experiment={experiment}"])
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    assert (m.n_layer, m.n_embd, m.n_head) == want["ref"]
+    assert cfg.method.name == want["method"]
+    for key in ("n_layer", "grow_by", "max_layers", "blocks", "alpha", "temperature"):
+        if key in want:
+            assert cfg.method[key] == want[key], key
+    assert o.lr == want["lr"] and o.warmup_steps == want["warmup"] and o.beta2 == want["beta2"]
+    assert (o.beta1, o.weight_decay, cfg.trainer.gradient_clip_val) == (0.9, 0.1, 1.0)
+    assert cfg.trainer.precision == "bf16-mixed"
+    tokens_per_step = cfg.data.batch_size * m.block_size * t.accumulate_grad_batches * cfg.trainer.devices
+    assert tokens_per_step == want["tokens_per_step"]
+    assert cfg.data.sampling == want["sampling"]
+    if experiment == "openllama3b_13l":  # 1B tokens x 8 epochs; the step count follows the token budget
+        assert m.block_size == 2048 and t.max_steps * tokens_per_step == pytest.approx(8e9, rel=0.01)
+        return
+    assert m.block_size == 1024 and t.max_steps == want["steps"] and t.val_every_n_steps == 1000
+    assert o.min_lr == want["lr_floor"]  # the reference's (and Inheritune's) floor
+    if "student_lr_floor" in want:
+        assert cfg.method.min_lr == want["student_lr_floor"]
+
+
+def _reference_recipe(cfg) -> tuple[str, dict]:
+    """Where a job finds its reference and the identity it expects that reference to have (what the run-identity
+    check compares before reusing it). For method=scratch the job's own run is the reference's when it has the
+    reference's depth, steps and seed."""
+    from lit_inheritune.run import plan, reference_dir, reference_identity
+
+    if cfg.method.name == "scratch":
+        [stage] = plan(cfg)
+        return str(stage.dir), stage.identity
+    return str(reference_dir(cfg)), reference_identity(cfg)
+
+
+@pytest.mark.parametrize("jobs", [
+    ["experiment=gpt2_medium_16l", "experiment=gpt2_medium_scratch", "experiment=gpt2_medium_table3",
+     "experiment=gpt2_medium_table2 method=hybrid_stacking", "experiment=gpt2_medium_table2 method=half_width",
+     "experiment=gpt2_medium_kd", "experiment=gpt2_medium_kd method=distilbert_kd"],
+    ["experiment=gpt2_large_18l", "experiment=gpt2_large_table2 method=hybrid_stacking",
+     "experiment=gpt2_large_table2 method=half_width"],
+    ["experiment=gpt2_xlarge_24l", "experiment=gpt2_xlarge_table2 method=hybrid_stacking"],
+    ["experiment=cpu_medium_16l", "experiment=cpu_medium_table3", "experiment=cpu_medium_table2 method=hybrid_stacking",
+     "experiment=cpu_medium_table2 method=half_width", "experiment=cpu_medium_kd",
+     "experiment=cpu_medium_kd method=distilbert_kd"],
+], ids=lambda jobs: jobs[0].split("=")[1])
+def test_a_groups_jobs_share_one_reference_trained_one_way(jobs):
+    """Every job of a group that uses the reference finds the same run and would train it the same way, so the
+    reference one job trained is the one every other job would have trained (KD's student schedule included)."""
+    recipes = [_reference_recipe(compose(job.split())) for job in jobs]
+    for job, recipe in zip(jobs[1:], recipes[1:]):
+        assert recipe == recipes[0], job
+
+
+@pytest.mark.parametrize("job", ["experiment=cpu_lazy_transfer method.blocks=[4,5,6,7]",
+                                 "experiment=cpu_medium_table2 method=stacking",
+                                 "experiment=cpu_medium_table2 method=hybrid_stacking",
+                                 "experiment=cpu_medium_kd method=distilbert_kd"])
+def test_attention_scale_policies_run_apart_on_one_reference(job):
+    from lit_inheritune.run import reference_dir
+
+    official, kept = (compose([*job.split(), f"method.attn_scale={policy}"]) for policy in ("position", "source"))
+    assert official.run_dir == compose(job.split()).run_dir  # the default keeps the runs' existing names
+    assert kept.run_dir == official.run_dir.replace(official.run_name, official.method.tag + "-scale_source-s1")
+    if official.method.name != "stacking":  # stacking starts from its own half-depth run, not the reference
+        assert reference_dir(official) == reference_dir(kept)

@@ -8,16 +8,34 @@ from lit_inheritune.training.distill import DistillationLM, kd_loss
 from lit_inheritune.training.optim import OptimConfig
 
 
-def test_kd_loss_matches_a_hand_computed_value():
-    student = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))  # (1, 1, 3): softmax gives these probs
-    teacher = torch.log(torch.tensor([[[0.25, 0.5, 0.25]]]))
-    target = torch.tensor([[1]])
-    loss, ce, kl = kd_loss(student, teacher, target, alpha=0.6, temperature=1.0)
-    expected_ce = -math.log(0.25)
-    expected_kl = 0.25 * math.log(0.25 / 0.5) + 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(1.0)
-    assert ce.item() == pytest.approx(expected_ce)
-    assert kl.item() == pytest.approx(expected_kl)
-    assert loss.item() == pytest.approx(0.6 * expected_ce + 0.4 * expected_kl)
+def _softmax(logits, t):
+    exps = [math.exp(v / t) for v in logits]
+    return [e / sum(exps) for e in exps]
+
+
+def _kd_loss_by_hand(student, teacher, targets, alpha, t):
+    """The loss in plain Python, token by token: alpha * CE(student at temperature 1) + (1 - alpha) * t^2 *
+    KL(p_teacher || p_student) with both softened by t, each averaged over tokens (PAPER.md section 3)."""
+    ce = [-math.log(_softmax(s, 1.0)[y]) for s, y in zip(student, targets)]
+    kl = [sum(p * math.log(p / q) for p, q in zip(_softmax(te, t), _softmax(s, t))) for s, te in zip(student, teacher)]
+    ce, kl = sum(ce) / len(ce), t * t * sum(kl) / len(kl)
+    return alpha * ce + (1 - alpha) * kl, ce, kl
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kd_loss_matches_an_independent_computation(temperature):
+    # Unrelated distributions (not permutations of each other), so KL(t || s) != KL(s || t), over 2 x 2 tokens.
+    student = [[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 3.0, -0.4], [1.5, -2.0, 0.3, 0.9], [-0.7, 0.0, 0.4, 2.2]]
+    teacher = [[1.0, 1.5, 0.0, -0.5], [-0.5, 2.0, 0.3, 0.1], [0.0, 0.2, -1.1, 2.4], [0.6, 0.6, -0.3, 0.0]]
+    targets = [1, 2, 0, 3]
+    loss, ce, kl = kd_loss(torch.tensor(student).view(2, 2, 4), torch.tensor(teacher).view(2, 2, 4),
+                           torch.tensor(targets).view(2, 2), alpha=0.6, temperature=temperature)
+    want_loss, want_ce, want_kl = _kd_loss_by_hand(student, teacher, targets, 0.6, temperature)
+    assert ce.item() == pytest.approx(want_ce, rel=1e-6)
+    assert kl.item() == pytest.approx(want_kl, rel=1e-5)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-5)
+    # The premise: here the direction of the KL matters far beyond the tolerance above.
+    assert _kd_loss_by_hand(teacher, student, targets, 0.6, temperature)[2] != pytest.approx(want_kl, rel=1e-2)
 
 
 def test_kd_loss_is_ce_at_alpha_one():

@@ -3,12 +3,14 @@
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.model import GPT, GPTConfig
 from lit_inheritune.run import reference_dir, run, scratch_dir
 from lit_inheritune.surgery import gpt_from_checkpoint
 from lit_inheritune.training import runner
@@ -33,7 +35,7 @@ class _CrashInStage(runner.L.Callback):
 def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fixture_data_dir, monkeypatch):
     cfg = _cfg(tmp_path, fixture_data_dir)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda c, d: [*original(c, d), _CrashInStage("round2-L3")])
+    monkeypatch.setattr(runner, "_callbacks", lambda *args: [*original(*args), _CrashInStage("round2-L3")])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     monkeypatch.setattr(runner, "_callbacks", original)
@@ -55,11 +57,7 @@ def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fix
     table = (run_dir / "stages.md").read_text()
     assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
 
-    # reinherit: round 2 started from a fresh copy of reference blocks 0..2. Its block 2 moved from the
-    # reference's during training, but the run's first-round target was trained separately.
-    grown = gpt_from_checkpoint(results[1]["last_checkpoint"])
-    assert grown.config.n_layer == 3
-    assert not torch.equal(grown.transformer.h[2].mlp.c_fc.weight, reference.transformer.h[2].mlp.c_fc.weight)
+    assert gpt_from_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
 
 
 def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir):
@@ -81,11 +79,14 @@ def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, f
         ("method.blocks=[1,4]", "outside the 4-layer reference"),
         ("method.max_layers=6", "exceeds the reference's 4 layers"),
         ("method.scratch_baselines=[15]", "15 steps"),
+        ("method.attn_scale=layer", r"method.attn_scale must be one of \['position', 'source'\], got 'layer'"),
+        ("model=hf model.scale_attn_by_inverse_layer_idx=true method.copy_wpe=true method.copy_ln_f=true "
+         "method.attn_scale=source", "attn_scale=source cannot be expressed"),
     ],
 )
 def test_bad_inheritune_requests_fail_before_training(tmp_path, fixture_data_dir, override, message):
     with pytest.raises(ConfigError, match=message):
-        run(_cfg(tmp_path, fixture_data_dir, override))
+        run(_cfg(tmp_path, fixture_data_dir, *override.split()))
     assert not (tmp_path / "outputs").exists()
 
 
@@ -148,3 +149,75 @@ def test_analyze_true_analyses_reference_and_stages(tmp_path, fixture_data_dir):
     report = json.loads((out / "analysis.json").read_text())
     assert set(report["reports"]) == {"reference-L4", "round1-L2"}
     assert (out / "max_rank.png").stat().st_size > 1000
+
+
+def _same(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _fresh(reference, n_layer, seed):
+    """The random init a round's surgery draws everything it does not copy from: run_inheritune seeds
+    seed + round - 1, and the new model's init is the first draw after."""
+    L.seed_everything(seed, verbose=False)
+    return GPT(GPTConfig(**{**reference.config.to_dict(), "n_layer": n_layer}))
+
+
+# Which sub-modules each Table 3 variant copies (PAPER.md section 4), written out independently of surgery.py.
+PARTS = {"block": ("ln_1", "attn", "ln_2", "mlp"), "attn": ("ln_1", "attn"), "mlp": ("ln_2", "mlp")}
+
+
+@pytest.mark.parametrize("overrides, sources, parts, copy_wpe, copy_ln_f, scales", [
+    ([], [0, 1], "block", False, False, [0, 1]),  # the paper: the first n blocks and the token embedding
+    (["method.parts=attn", "method.copy_wpe=true", "method.copy_ln_f=true"], [0, 1], "attn", True, True, [0, 1]),
+    (["method.parts=mlp"], [0, 1], "mlp", False, False, [0, 1]),
+    (["method.blocks=[2,3]", "method.attn_scale=source"], [2, 3], "block", False, False, [2, 3]),
+    (["method.blocks=[3,1]"], [3, 1], "block", False, False, [0, 1]),
+], ids=["first-n", "attn+wpe+ln_f", "mlp", "blocks-2-3-source-scale", "blocks-3-1"])
+def test_round_one_starts_from_the_reference_as_configured(tmp_path, fixture_data_dir, initial_models, overrides,
+                                                           sources, parts, copy_wpe, copy_ln_f, scales):
+    """The model round 1 trains from is the trained reference's chosen parts of the chosen blocks, the token
+    embedding, wpe / ln_f only when asked, and a fresh init everywhere else; method.* reaches the surgery."""
+    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "train.max_steps=10", *overrides)
+    run(cfg)
+    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    start, fresh = initial_models["round1-L2"], _fresh(reference, 2, cfg.seed)
+    assert torch.equal(start.transformer.wte.weight, reference.transformer.wte.weight)
+    for name, copied in (("wpe", copy_wpe), ("ln_f", copy_ln_f)):
+        want, other = (reference, fresh) if copied else (fresh, reference)
+        assert _same(getattr(start.transformer, name), getattr(want.transformer, name)), name
+        assert not _same(getattr(start.transformer, name), getattr(other.transformer, name)), name  # they differ
+    for i, src in enumerate(sources):
+        for name in ("ln_1", "attn", "ln_2", "mlp"):
+            want, other = (reference.transformer.h[src], fresh.transformer.h[i])
+            if name not in PARTS[parts]:
+                want, other = other, want
+            assert _same(getattr(start.transformer.h[i], name), getattr(want, name)), (i, name)
+            assert not _same(getattr(start.transformer.h[i], name), getattr(other, name)), (i, name)
+    assert [b.layer_idx for b in start.transformer.h] == scales
+    assert Path(cfg.run_dir).name.endswith("-scale_source-s1") == ("method.attn_scale=source" in overrides)
+
+
+@pytest.mark.parametrize("grow_mode", ["reinherit", "append"])
+def test_growth_round_starts_from_the_reference_or_the_trained_target(tmp_path, fixture_data_dir, initial_models,
+                                                                      grow_mode):
+    """reinherit: round 2 is a fresh inheritance of reference blocks 0..2 (the paper); append: round 1's trained
+    model (blocks, embeddings, final norm) with reference block 2 appended."""
+    cfg = _cfg(tmp_path, fixture_data_dir, f"method.grow_mode={grow_mode}", "train.max_steps=10")
+    first, _ = run(cfg)
+    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    trained = gpt_from_checkpoint(first["last_checkpoint"])
+    start = initial_models["round2-L3"]
+    assert not _same(trained.transformer.h[0], reference.transformer.h[0])  # round 1 moved away from its source
+    if grow_mode == "reinherit":
+        fresh = _fresh(reference, 3, cfg.seed + 1)
+        blocks, rest = [reference.transformer.h[i] for i in range(3)], fresh
+        assert torch.equal(start.transformer.wte.weight, reference.transformer.wte.weight)
+        names = ("wpe", "ln_f")
+    else:
+        blocks, rest = [trained.transformer.h[0], trained.transformer.h[1], reference.transformer.h[2]], trained
+        names = ("wte", "wpe", "ln_f")
+    for i, block in enumerate(blocks):
+        assert _same(start.transformer.h[i], block), i
+    for name in names:
+        assert _same(getattr(start.transformer, name), getattr(rest.transformer, name)), name

@@ -1,4 +1,7 @@
 import json
+import math
+
+import pytest
 
 from lit_inheritune.report import collect, markdown_table, summarize, write_report
 
@@ -56,12 +59,16 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     assert t1["reference 8L, rand, 2T"]["paper"]["val_loss"] == 2.85
     assert t1["Inheritune 5L, round 2, T"]["ours"] == [] and t1["Inheritune 5L, round 2, T"]["paper"] is None
     checks = {c["claim"]: (c["ours"], c["paper"]) for c in tables["table1"]["checks"]}
+    # the noise rule: 2 x pooled std over seeds; the single-seed reference takes the other side's std
     assert checks == {
-        "premise: the deep reference beats half-depth scratch at equal steps": ("fails", "holds"),  # 4.60 vs 4.60
-        "Inheritune 4L matches the reference": ("holds", "holds"),
+        "premise: the deep reference beats half-depth scratch at equal steps": ("tie", "holds"),  # 4.60 vs 4.60
+        "Inheritune 4L matches the reference": ("holds", "holds"),  # by 0.08, noise 2 x 0.028
         "Inheritune 4L beats scratch 4L at T": ("holds", "holds"),
-        "Inheritune 4L at T beats scratch 4L at 2T": ("holds", "holds"),
+        "Inheritune 4L at T beats scratch 4L at 2T": ("tie", "holds"),  # by 0.08, noise 2 x 0.054
     }
+    at_2t = next(c for c in tables["table1"]["checks"] if c["claim"].endswith("at 2T"))
+    assert at_2t["margin"] == pytest.approx(0.08) and at_2t["noise"] == pytest.approx(2 * math.sqrt(
+        (0.02828427**2 + 0.07071068**2) / 2), rel=1e-5)
     kd = {r["name"]: r for r in tables["kd"]["rows"]}
     assert kd["Inheritune 4L at step T/2 of T"]["ours"] == [4.70, 4.74]  # read off the curve at step 250
     assert kd["DistilBERT-style KD 4L, T/2"]["ours"] == []
@@ -76,12 +83,15 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
         (eval_dir / "results.json").write_text(json.dumps(
             {"results": {"lastword_embedded_bpe4096": {"acc,none": acc, "perplexity,none": 900.0}}}))
     md = write_suite(group, tmp_path / "out", "cpu_medium_16l").read_text()
-    assert "| 4.5200 +- 0.0283 | large-half-init_log | 2.80 | 9.0 +- 1.4 (2 seeds) | 34.64 |" in md
+    assert "| Inheritune 4L at T beats scratch 4L at 2T | tie | +0.0800 | 0.1077 | holds |" in md
+    # no identity.json in these hand-made stages: no compute columns
+    assert "| 4.5200 +- 0.0283 | - | - | - | large-half-init_log | 2.80 | 9.0 +- 1.4 (2 seeds) | 34.64 |" in md
     assert "| 5.0000 +- 0.0000 |" not in md and "| reference 8L, rand, 2T | `scratch-L8-T1000` | 0 | 4.6000 | " \
-        "large_log | 2.85 | - | 34.14 |" in md
+        "- | - | - | large_log | 2.85 | - | 34.14 |" in md
     assert "| Inheritune 4L, round 1, T | `inheritune-n4-block-reinherit/round1-L4` | 1,2 | 4.5200 +- 0.0283 | " \
-           "large-half-init_log | 2.80 |" in md
-    assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | missing | large_stacking_2rnd | 2.87 |" in md
+           "- | - | - | large-half-init_log | 2.80 |" in md
+    assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | missing | - | - | - | large_stacking_2rnd " \
+           "| 2.87 |" in md
     assert "- commit: `" in md
     assert all((tmp_path / "out" / f"{t}_curves.png").stat().st_size > 10_000 for t in ("table1", "table2", "table3", "kd"))
 
@@ -103,3 +113,85 @@ def test_a_given_reference_is_a_row_from_stages_json_but_a_trained_one_is_not_re
     assert ref["val_loss"] == 3.4 and ref["n_layer"] == 30 and ref["dir"] == str(run / "reference")
     assert ref["provenance"]["commit"] == "abc"  # measured by that run, so it carries the run's provenance
     assert "| inheritune-n15-block-reinherit/reference | 30 |  | 1 | 3.4000 | 0.0 |" in markdown_table(summarize(list(rows.values())))
+
+
+def test_claim_verdicts_follow_the_noise_rule():
+    from lit_inheritune.report import claim_verdict, paper_verdict
+
+    assert claim_verdict([1.0, 1.02], [1.10, 1.12])["verdict"] == "holds"  # 0.1 apart, noise 2 x 0.014
+    assert claim_verdict([1.10, 1.12], [1.0, 1.02])["verdict"] == "fails"
+    assert claim_verdict([1.0, 1.1], [1.05, 1.15])["verdict"] == "tie"  # 0.05 apart, noise 2 x 0.071
+    assert claim_verdict([1.0006], [1.0])["verdict"] == "fails (1 seed each: noise unknown)"
+    assert claim_verdict([1.0], [])["verdict"] == "missing"
+    assert paper_verdict(2.64, "<", 2.64) == "tie" and paper_verdict(2.81, "<=", 2.81) == "holds"
+    assert paper_verdict(2.80, "<", 2.85) == "holds" and paper_verdict(2.87, "<", 2.85) == "fails"
+
+
+def test_seeds_of_a_row_made_under_other_settings_are_refused(tmp_path):
+    from lit_inheritune.errors import ConfigError
+    from lit_inheritune.report import check_seeds_agree
+
+    group = tmp_path / "g"
+    identity = {"seed": 1, "data": {"seed": 1, "batch_size": 32}, "optim": {"lr": 1e-3},
+                "init": {"kind": "inheritune", "reference": {"seed": 0}}}
+    for seed, lr in ((1, 1e-3), (2, 1e-3), (3, 2e-3)):
+        _result(group / f"scratch-L4-T500-s{seed}", 4.5)
+        ident = {**identity, "seed": seed, "data": {**identity["data"], "seed": seed}, "optim": {"lr": lr}}
+        (group / f"scratch-L4-T500-s{seed}" / "identity.json").write_text(json.dumps(ident))
+    rows = collect(group)
+    check_seeds_agree(rows[:2])  # seeds 1 and 2 differ in their seed only
+    with pytest.raises(ConfigError, match=r"scratch-L4-T500 were made under different settings \(optim.lr: 0.001 "
+                                          r"for seed 1, 0.002 for seed 3\)"):
+        check_seeds_agree(rows)
+    with pytest.raises(ConfigError):
+        write_report(group, tmp_path / "out")
+
+
+def test_every_claim_a_suite_checks_holds_in_the_paper():
+    """A check states a claim of the paper, so on the paper's side it must hold (or have no published numbers,
+    as the Appendix B twin): a claim written the wrong way round shows here."""
+    import yaml
+
+    from lit_inheritune.paper import HERE
+    from lit_inheritune.report import suite_tables
+
+    for suite in yaml.safe_load((HERE / "suites.yaml").read_text()):
+        for table in suite_tables(suite, []):
+            for check in table["checks"]:
+                assert check["paper"] in ("holds", "missing"), (suite, check["claim"])
+                assert (check["paper"] == "missing") == (None in check["paper_values"]), (suite, check["claim"])
+
+
+def test_lazy_transfer_checks_the_papers_whole_ordering_and_reports_what_it_finds(tmp_path):
+    """v4 Table 4's ordering, blocks 4-7 < 0-3 < 8-11 < random, checked pair by pair, under both attention-scale
+    policies. Runs ordered 0-3 < 4-7 < 8-11 < random fail the middle-blocks claim and hold the others."""
+    from lit_inheritune.report import suite_markdown, suite_tables
+
+    group = tmp_path / "cpu_lazy_transfer"
+    _stage(group, "scratch-L12-T1000-s0", 5.0, n_layer=12, steps=1000)
+    for label, loss in {"inheritune-b0-3-block-reinherit/round1-L4": 4.90,
+                        "inheritune-b4-7-block-reinherit/round1-L4": 4.95,
+                        "inheritune-b8-11-block-reinherit/round1-L4": 4.97,
+                        "inheritune-b4-7-block-reinherit-scale_source/round1-L4": 4.85,
+                        "inheritune-b8-11-block-reinherit-scale_source/round1-L4": 4.88,
+                        "scratch-L4-T500": 5.3}.items():
+        run, _, stage = label.partition("/")
+        for seed, spread in ((1, -0.001), (2, 0.001)):  # two seeds: margins of 0.02 and more are far above noise
+            _stage(group, f"{run}-s{seed}" + (f"/{stage}" if stage else ""), loss + spread)
+    [table] = suite_tables("cpu_lazy_transfer", collect(group))
+    checks = {c["claim"]: (c["ours"], c["paper"]) for c in table["checks"]}
+    assert checks == {
+        "the potent middle blocks (4-7) transfer better than the first blocks (0-3)": ("fails", "holds"),
+        "the last blocks (lazy in the paper) transfer worse than blocks 0-3": ("holds", "holds"),
+        "the last blocks transfer worse than blocks 4-7": ("holds", "holds"),
+        "even the last blocks beat random init": ("holds", "holds"),
+        "source scale: the potent middle blocks (4-7) transfer better than the first blocks (0-3)": ("holds", "holds"),
+        "source scale: the last blocks transfer worse than blocks 0-3": ("fails", "holds"),
+        "source scale: the last blocks transfer worse than blocks 4-7": ("holds", "holds"),
+        "source scale: even the last blocks beat random init": ("holds", "holds"),
+    }
+    md = suite_markdown(table)
+    assert "| the potent middle blocks (4-7) transfer better than the first blocks (0-3) | fails |" in md
+    [source_row] = [line for line in md.splitlines() if line.startswith("| from blocks 4-7, source scale |")]
+    assert "`inheritune-b4-7-block-reinherit-scale_source/round1-L4` | 1,2 | 4.8500 +- 0.0014 |" in source_row
+    assert source_row.endswith("| - | - |")  # no published counterpart: the paper ran the position scale

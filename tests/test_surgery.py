@@ -17,9 +17,16 @@ from lit_inheritune.surgery import (
 
 
 def _ref(n_layer=6, **kw):
+    """A stand-in for a trained reference: GPT-2 init plus seeded noise on every tensor. No tensor equals its
+    fresh-init value (a LayerNorm weight is 1 at init in every model), so a copy from the wrong place, or one
+    that should not happen, shows in the tests' exact comparisons."""
     torch.manual_seed(0)
     cfg = dict(n_layer=n_layer, n_head=2, n_embd=16, block_size=8, vocab_size=64)
-    return GPT(GPTConfig(**{**cfg, **kw}))
+    model = GPT(GPTConfig(**{**cfg, **kw}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
 
 
 def _same(a, b):
@@ -31,7 +38,16 @@ def _fresh_like(model, seed):
     return GPT(GPTConfig(**model.config.to_dict()))
 
 
-@pytest.mark.parametrize("parts", sorted(BLOCK_PARTS))
+# Table 3 (PAPER.md section 4), written out here rather than read from surgery.BLOCK_PARTS, which is under test.
+TABLE3_PARTS = {"block": ("ln_1", "attn", "ln_2", "mlp"), "attn": ("ln_1", "attn"), "mlp": ("ln_2", "mlp"),
+                "attn_mlp": ("attn", "mlp")}
+
+
+def test_table3_variants_are_the_papers():
+    assert BLOCK_PARTS == TABLE3_PARTS
+
+
+@pytest.mark.parametrize("parts", sorted(TABLE3_PARTS))
 def test_inherit_copies_exactly_the_selected_parts(parts):
     ref = _ref()
     torch.manual_seed(123)
@@ -47,16 +63,16 @@ def test_inherit_copies_exactly_the_selected_parts(parts):
     for i in range(3):
         for name in ("ln_1", "attn", "ln_2", "mlp"):
             got = getattr(tgt.transformer.h[i], name)
-            want = getattr(ref.transformer.h[i] if name in BLOCK_PARTS[parts] else fresh.transformer.h[i], name)
+            want = getattr(ref.transformer.h[i] if name in TABLE3_PARTS[parts] else fresh.transformer.h[i], name)
             assert _same(got, want), (parts, i, name)
+            other = getattr(fresh.transformer.h[i] if name in TABLE3_PARTS[parts] else ref.transformer.h[i], name)
+            assert not any(torch.equal(a, b) for a, b in zip(got.state_dict().values(), other.state_dict().values()))
     # the reference is untouched by the surgery
     assert _same(ref, _ref())
 
 
 def test_inherit_any_source_blocks_and_optional_wpe_ln_f():
     ref = _ref(n_layer=8)
-    with torch.no_grad():
-        ref.transformer.ln_f.weight.mul_(3.0)
     tgt = inherit_blocks(ref, blocks=[4, 5, 6, 7], copy_wpe=True, copy_ln_f=True)
     assert [b.layer_idx for b in tgt.transformer.h] == [0, 1, 2, 3]  # scale follows the new position
     for i, src in enumerate([4, 5, 6, 7]):
@@ -172,6 +188,91 @@ def test_half_width_takes_the_documented_slices():
         assert torch.equal(s.mlp.c_fc.weight, r.mlp.c_fc.weight[: 4 * c, :c])
         assert torch.equal(s.mlp.c_proj.weight, r.mlp.c_proj.weight[:c, : 4 * c])
         assert torch.equal(s.ln_1.weight, r.ln_1.weight[:c])
+        assert torch.equal(s.ln_2.weight, r.ln_2.weight[:c])
+    assert torch.equal(small.transformer.ln_f.weight, ref.transformer.ln_f.weight[:c])
     small(torch.randint(0, 64, (1, 8)))  # and it runs
     with pytest.raises(SurgeryError, match="even number of heads"):
         half_width(_ref(n_layer=2, n_head=1, n_embd=16))
+
+
+# Attention scale of moved blocks (PAPER.md section 1): every surgery that moves a block, as
+# (new model, [(position in the new model, the block it is a copy of)]) for a policy.
+def _moved_by_method_blocks(attn_scale):
+    ref = _ref(n_layer=8)
+    return inherit_blocks(ref, blocks=[4, 5, 6, 7], attn_scale=attn_scale), [(i, ref.transformer.h[4 + i]) for i in range(4)]
+
+
+def _moved_by_append(attn_scale):
+    ref = _ref(n_layer=8)
+    target = inherit_blocks(ref, blocks=[4, 5], attn_scale=attn_scale)
+    grown = grow(target, ref, n_new=2, mode="append", attn_scale=attn_scale)
+    return grown, [(0, ref.transformer.h[4]), (1, ref.transformer.h[5]), (2, ref.transformer.h[2]),
+                   (3, ref.transformer.h[3])]
+
+
+def _moved_by_stacking(attn_scale):
+    small = _ref(n_layer=2)
+    return stack_blocks(small, attn_scale=attn_scale), [(i, small.transformer.h[i % 2]) for i in range(4)]
+
+
+def _moved_by_hybrid_stacking(attn_scale):
+    ref = _ref(n_layer=8)
+    return hybrid_stack(ref, n_source=2, n_layer=4, attn_scale=attn_scale), [(i, ref.transformer.h[i % 2]) for i in range(4)]
+
+
+def _moved_by_distilbert_mapping(attn_scale):
+    from lit_inheritune.run import distilbert_blocks
+
+    ref = _ref(n_layer=8)
+    blocks = distilbert_blocks(8, 6)  # [0, 2, 4, 6, 4, 5]
+    return inherit_blocks(ref, blocks=blocks, attn_scale=attn_scale), [(i, ref.transformer.h[b]) for i, b in enumerate(blocks)]
+
+
+MOVERS = [_moved_by_method_blocks, _moved_by_append, _moved_by_stacking, _moved_by_hybrid_stacking,
+          _moved_by_distilbert_mapping]
+
+
+@pytest.mark.parametrize("surgery", MOVERS, ids=lambda f: f.__name__.removeprefix("_moved_by_"))
+def test_source_scale_policy_keeps_what_each_moved_block_computes(surgery):
+    x = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        kept, pairs = surgery("source")
+        for position, source in pairs:
+            assert torch.equal(kept.transformer.h[position](x)[0], source(x)[0]), position
+        official, pairs = surgery("position")
+        assert any(position != source.layer_idx for position, source in pairs)  # something did move
+        for position, source in pairs:
+            same = torch.equal(official.transformer.h[position](x)[0], source(x)[0])
+            assert same == (position == source.layer_idx), position  # a moved block's scale, and output, change
+    assert [b.layer_idx for b in official.transformer.h] == list(range(len(pairs)))
+    assert official.config.attn_scale_index is None
+    assert kept.config.attn_scale_index == [source.layer_idx for _, source in pairs]
+
+
+def test_source_scale_policy_survives_a_checkpoint(tmp_path):
+    """The per-block scale index lives in the config the checkpoint records, so the model comes back whole."""
+    from lit_inheritune.training.lm import CausalLM
+    from lit_inheritune.training.optim import OptimConfig
+
+    ref = _ref(n_layer=8)
+    moved = inherit_blocks(ref, blocks=[6, 1, 7], attn_scale="source")
+    module = CausalLM(moved, OptimConfig())
+    path = tmp_path / "moved.ckpt"  # what Lightning's checkpoint holds of the module
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    back = gpt_from_checkpoint(path)
+    assert back.config.attn_scale_index == [6, 1, 7]
+    assert [b.layer_idx for b in back.transformer.h] == [6, 1, 7]
+    idx = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(back(idx)["logits"], moved(idx)["logits"])
+
+
+def test_first_n_inheritance_is_one_model_under_either_policy():
+    ref = _ref()
+    torch.manual_seed(5)
+    official = inherit_blocks(ref, n_layer=3)
+    torch.manual_seed(5)
+    kept = inherit_blocks(ref, n_layer=3, attn_scale="source")
+    assert official.config == kept.config and _same(official, kept)
+    with pytest.raises(SurgeryError, match="unknown attention scale policy 'layer'"):
+        inherit_blocks(ref, n_layer=3, attn_scale="layer")

@@ -66,7 +66,7 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
 
     killed = _cfg(tmp_path / "b", fixture_data_dir)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda cfg, d: [*original(cfg, d), _CrashAt(30)])
+    monkeypatch.setattr(runner, "_callbacks", lambda *args: [*original(*args), _CrashAt(30)])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(killed)
     last = Path(killed.run_dir) / "checkpoints" / "last.ckpt"
@@ -87,6 +87,15 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
     # A finished run is not trained again.
     [again] = run(_cfg(tmp_path / "b", fixture_data_dir, "resume=true"))
     assert again == resumed
+
+    # The CSV log holds what the uninterrupted run's does: every logged step once, the steps from before the kill
+    # kept (Lightning's CSVLogger deletes them), the steps after the checkpoint not doubled.
+    def logged(run_dir):
+        return sorted((int(r["step"]), tuple(sorted(k for k, v in r.items() if v and k != "step")))
+                      for r in _metrics(run_dir))
+
+    assert logged(killed.run_dir) == logged(straight.run_dir)
+    assert any(step < 20 for step, _ in logged(killed.run_dir))
 
 
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, fixture_data_dir, monkeypatch):

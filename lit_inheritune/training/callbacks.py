@@ -1,7 +1,9 @@
-"""Small pieces around Lightning's Trainer: throughput logging and crash-safe checkpoint files."""
+"""Small pieces around Lightning's Trainer: throughput logging, crash-safe checkpoint files, a CSV log that
+survives a resume, and a progress bar that counts a stage's steps."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -11,6 +13,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -70,25 +77,138 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RankConsistencyCheck(L.Callback):
-    """At the end of a fit, every rank hashes its weights; ranks that disagree stop the run.
+    """Every rank hashes its weights; ranks that disagree stop the run. Digests go to `<dirpath>/weights_digest.json`.
 
-    Surgery between stages happens on every rank independently, so this is the check that they all
-    built the same model. The digests are written to `<dirpath>/weights_digest.json`.
+    - `built`: at the start of a fit, the model as this rank built it, before the strategy wraps it. Surgery
+      between stages happens on every rank independently, and DDP would silently overwrite a disagreement with
+      rank 0's weights (FSDP would shard a mixture of them), so this is the check that they built the same model.
+    - `ranks`: at the end of a fit, the trained weights (DDP keeps them in sync). Not under FSDP, where each rank
+      holds a different shard by design.
     """
 
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
+        self.digests: dict[str, list[str]] = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._compare(trainer, pl_module, "built")
 
     def on_train_end(self, trainer, pl_module) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if not isinstance(trainer.strategy, FSDPStrategy):
+            self._compare(trainer, pl_module, "ranks")
+
+    def _compare(self, trainer, pl_module, when: str) -> None:
         h = hashlib.sha256()
         for name, tensor in sorted(pl_module.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).to(pl_module.device)
+        # On the strategy's device: before the strategy has set up, the module may not be there yet.
+        mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).to(trainer.strategy.root_device)
         every = trainer.strategy.all_gather(mine).reshape(-1, mine.numel())
-        digests = [bytes(row.tolist()).hex() for row in every.cpu()]
+        self.digests[when] = [bytes(row.tolist()).hex() for row in every.cpu()]
         if trainer.is_global_zero and self.dirpath:
             Path(self.dirpath).mkdir(parents=True, exist_ok=True)
-            (Path(self.dirpath) / "weights_digest.json").write_text(json.dumps({"ranks": digests}, indent=2))
-        if len(set(digests)) > 1:
-            raise RuntimeError(f"ranks hold different weights after training: {digests}")
+            (Path(self.dirpath) / "weights_digest.json").write_text(json.dumps(self.digests, indent=2))
+        if len(set(self.digests[when])) > 1:
+            raise RuntimeError(f"ranks hold different weights ({when}): {self.digests[when]}")
+
+
+class _HistoryKeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it opens the directory; this one keeps it, so
+    a resumed stage's log holds the steps from before the kill (trimmed by `keep_steps_before`)."""
+
+    def _check_log_dir_exists(self) -> None:
+        pass
+
+    def keep_steps_before(self, step: int) -> None:
+        """Drop the rows of steps >= `step` (logged after the checkpoint the run resumes from: they are trained
+        and logged again), so every logged step appears once."""
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = sorted(reader.fieldnames or []), [r for r in reader if int(r["step"]) < step]
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        self.metrics_keys = header  # later rows append under the same columns
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives a kill and resume with each logged step exactly once
+    (with `LogHistory`, which the runner adds beside it)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _HistoryKeepingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryKeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class LogHistory(L.Callback):
+    """Trims a resumed stage's CSV to the steps before its checkpoint when training starts, and flushes the CSV
+    whenever a checkpoint is saved, so no step before a checkpoint is ever lost to a kill."""
+
+    def _csv(self, trainer) -> list[ResumableCSVLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, ResumableCSVLogger)]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for logger in self._csv(trainer):
+            if trainer.is_global_zero:
+                logger.experiment.keep_steps_before(trainer.global_step)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        for logger in self._csv(trainer):
+            logger.save()
+
+
+class StageProgressBar(TQDMProgressBar):
+    """The training bar names the stage and counts optimizer steps to the stage's real total (Lightning's own
+    counts batches of an endless epoch: "Epoch 0/-2", and "120/59" after a resume)."""
+
+    def __init__(self, stage: str, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self.stage = stage
+
+    @property
+    def train_description(self) -> str:
+        return self.stage
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = trainer.global_step
+
+    def init_validation_tqdm(self):
+        # the val loss shows in the training bar's postfix; a bar per evaluation would only add lines
+        return Tqdm(disable=True)
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = trainer.global_step
+        if self.train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
+            self.train_progress_bar.n = n
+            self.train_progress_bar.refresh()
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger always passes wandb's deprecated `anonymous` setting, which makes W&B print a
+    warning in every process; this one leaves it out."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)

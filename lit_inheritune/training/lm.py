@@ -54,6 +54,23 @@ class CausalLM(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/ppl", torch.exp(loss.clamp(max=50.0)))
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by the global gradient norm (trainer.gradient_clip_val, 1.0 in the paper) under every strategy.
+
+        Under FSDP each rank holds only a shard of every gradient, so the norm must be reduced across ranks;
+        only the root FSDP module can do that, and Lightning's FSDP precision plugin has no handle on it, so
+        it refuses norm clipping (`gradient_clip_algorithm='norm' is currently not supported`) at the first
+        optimizer step. Here the root module is at hand: clip through it. Other strategies take Lightning's path.
+        """
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        if (isinstance(root, FullyShardedDataParallel) and gradient_clip_val
+                and (gradient_clip_algorithm or "norm") == "norm"):
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.model, self.optim)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import secrets
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lit_inheritune.errors import ConfigError
 from lit_inheritune.provenance import provenance
-from lit_inheritune.training.callbacks import AtomicCheckpointIO, SpeedMonitor
+from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
+from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir, fingerprint
 
-
-class ConfigError(ValueError):
-    """A request that cannot work, caught before any compute is spent."""
+WANDB_ID_FILE = "wandb_run_id"
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -53,11 +56,22 @@ def _loggers(cfg: DictConfig, stage_dir: Path, stage: str, n_layer: int) -> list
             overrides["tags"] = [*logger_cfg.get("tags", []), f"{n_layer}L", stage]
             if logger_cfg.get("offline") is None:
                 overrides["offline"] = not os.environ.get("WANDB_API_KEY")
+            # one W&B run per stage, also across a kill and resume: the id is kept in the stage directory
+            overrides["id"] = _wandb_run_id(stage_dir)
+            overrides["resume"] = "allow"
         loggers.append(instantiate(logger_cfg, **overrides))
     return loggers
 
 
-def _callbacks(cfg: DictConfig, stage_dir: Path) -> list[L.Callback]:
+def _wandb_run_id(stage_dir: Path) -> str:
+    path = stage_dir / WANDB_ID_FILE
+    if not path.exists():
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(4) + "\n")
+    return path.read_text().strip()
+
+
+def _callbacks(cfg: DictConfig, stage_dir: Path, stage: str) -> list[L.Callback]:
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         overrides = {"dirpath": str(stage_dir / "checkpoints")} if name == "checkpoint" else {}
@@ -66,41 +80,59 @@ def _callbacks(cfg: DictConfig, stage_dir: Path) -> list[L.Callback]:
         callbacks.append(instantiate(cb_cfg, **overrides))
     if not any(isinstance(c, SpeedMonitor) for c in callbacks):
         callbacks.append(SpeedMonitor())
+    callbacks.append(LogHistory())
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StageProgressBar(stage))
     return callbacks
 
 
+def quiet_third_parties() -> None:
+    """One line per event of our own instead of Lightning's start-up notes and tips, W&B's banners and run
+    summaries, and deprecation warnings that third-party code raises about itself."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The anonymous setting has no effect")
+
+
 def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
-              stage_dir: Path, stage: str, max_steps: int | None = None) -> dict:
-    """Train `module` in `stage_dir` and return its result (also written to stage_dir/result.json)."""
+              stage_dir: Path, stage: str, identity: dict, max_steps: int | None = None,
+              header: str = "") -> dict:
+    """Train `module` in `stage_dir` and return its result (also written to stage_dir/result.json).
+
+    The stage directory is reused only when the identity it recorded equals `identity` (training/identity.py):
+    a finished stage is skipped, a killed one continues from its last checkpoint with resume=true."""
+    quiet_third_parties()
     stage_dir = Path(stage_dir)
     result_path = stage_dir / "result.json"
+    check_stage_dir(stage_dir, identity)
+    steps = int(max_steps or cfg.train.max_steps)
     if result_path.exists():
         result = json.loads(result_path.read_text())
         # The recorded paths were relative to where that run was launched; the stage is here now.
         result["last_checkpoint"] = str(stage_dir / "checkpoints" / "last.ckpt")
-        print(f"[{stage}] already done: val loss {result['val_loss']:.4f} ({result_path})", flush=True)
+        print(f"{header}: already done, val loss {result['val_loss']:.4f} ({stage_dir})", flush=True)
         return result
     last = stage_dir / "checkpoints" / "last.ckpt"
     if last.exists() and not cfg.resume:
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
+    print(f"{header}, {steps} steps{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage_dir / IDENTITY_FILE, identity)
     OmegaConf.save(cfg, stage_dir / "config.yaml", resolve=True)
     config_sha256 = hashlib.sha256((stage_dir / "config.yaml").read_bytes()).hexdigest()[:16]
 
-    callbacks = _callbacks(cfg, stage_dir)
+    callbacks = _callbacks(cfg, stage_dir, stage)
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
-    trainer_overrides = {}
-    if max_steps is not None:
-        trainer_overrides["max_steps"] = max_steps
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=_loggers(cfg, stage_dir, stage, module.model.config.n_layer) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(stage_dir),
-        **trainer_overrides,
+        max_steps=steps,
     )
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
@@ -124,6 +156,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         "wall_seconds": time.time() - started,
         "last_checkpoint": str(last),
         "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else "",
+        "fingerprint": fingerprint(identity),
         "provenance": {**provenance(), "seed": int(cfg.seed), "config_sha256": config_sha256},
     }
     if trainer.is_global_zero:
@@ -133,10 +166,15 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
 
 
 def _finish_wandb(trainer: L.Trainer) -> None:
-    """Close the W&B run so the next stage or multirun job starts a fresh one."""
+    """Close the W&B run so the next stage or multirun job starts a fresh one, and say where an offline run is."""
     from lightning.pytorch.loggers import WandbLogger
 
-    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+    runs = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if runs:
         import wandb
 
+        run_dir = getattr(wandb.run, "dir", None)
+        offline = getattr(getattr(wandb.run, "settings", None), "mode", "") in ("offline", "dryrun")
         wandb.finish()
+        if offline and run_dir and trainer.is_global_zero:
+            print(f"W&B offline run: {Path(run_dir).parent} (upload with `wandb sync`)", flush=True)
