@@ -79,7 +79,7 @@ def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, f
         ("method.blocks=[1,4]", "outside the 4-layer reference"),
         ("method.max_layers=6", "exceeds the reference's 4 layers"),
         ("method.scratch_baselines=[15]", "15 steps"),
-        ("method.attn_scale=layer", r"method.attn_scale must be one of \['position', 'source'\], got 'layer'"),
+        ("method.attn_scale=layer", r"method.attn_scale='layer' is not one of position, source"),
         ("model=hf model.scale_attn_by_inverse_layer_idx=true method.copy_wpe=true method.copy_ln_f=true "
          "method.attn_scale=source", "attn_scale=source cannot be expressed"),
     ],
