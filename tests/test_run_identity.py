@@ -1,6 +1,7 @@
 """Run identity: a stage directory is reused only under the settings that made it; resume keeps every log."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,19 @@ def test_a_four_stage_run_prints_a_header_per_stage_and_little_else(tmp_path, fi
     assert bars and "10/10" in bars[-1] and "Epoch" not in bars[-1]
     table = [line for line in lines if line.startswith("| reference ")]
     assert len(table) == 1
+
+
+def test_progress_bar_counts_a_resumed_stage_to_its_real_total():
+    """A fit resumed mid-epoch never calls on_train_epoch_start: the bar still counts to the stage's steps."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    from lit_inheritune.training.callbacks import StageProgressBar
+
+    bar = StageProgressBar("round2-L5")
+    bar.train_progress_bar = Tqdm(disable=False, file=open(os.devnull, "w"))
+    trainer = SimpleNamespace(global_step=120, max_steps=200, progress_bar_metrics={}, loggers=[])
+    bar.get_metrics = lambda *args: {}
+    bar.on_train_batch_end(trainer, None, None, None, 59)
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (120, 200)

@@ -199,6 +199,10 @@ class StageProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = trainer.global_step
+        if self.train_progress_bar is not None and self.train_progress_bar.total != trainer.max_steps:
+            # a fit resumed mid-epoch starts without on_train_epoch_start
+            self.train_progress_bar.reset(total=trainer.max_steps)
+            self.train_progress_bar.initial = n
         if self.train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
             self.train_progress_bar.n = n
             self.train_progress_bar.refresh()
