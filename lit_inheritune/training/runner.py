@@ -35,17 +35,6 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def check_schedule(cfg: DictConfig) -> None:
-    every, steps = cfg.train.val_every_n_steps, cfg.train.max_steps
-    if steps < 1 or every < 1:
-        raise ConfigError(f"train.max_steps ({steps}) and train.val_every_n_steps ({every}) must be positive")
-    if steps % every:
-        raise ConfigError(
-            f"train.max_steps={steps} is not a multiple of train.val_every_n_steps={every}: the final step "
-            "must be a validation step so the run ends with a val loss and a checkpoint"
-        )
-
-
 def _loggers(cfg: DictConfig, stage_dir: Path, stage: str, n_layer: int) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
