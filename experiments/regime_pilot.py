@@ -5,6 +5,7 @@ paper: by 0.05 nats for Medium, 0.12 for Large). Each pilot config trains that p
 under one set of overrides, one process per run on one thread, and this script tabulates and plots them.
 
     python experiments/regime_pilot.py run [--jobs 2] [--configs shape_4v2,steps_bs8] [--seeds 1,2,3]
+    python experiments/regime_pilot.py run --fallback [--jobs 2]
     python experiments/regime_pilot.py report --out experiments/results/regime
 
 Runs live in <LIT_INHERITUNE_ROOT>/outputs/regime_<config>/ like any other run (resumable, skipped when done).
@@ -45,6 +46,12 @@ CONFIGS: dict[str, tuple[int, int, list[str], str]] = {
     "lr3e-3_4v2": (4, 1000, ["optim.lr=3e-3", "optim.min_lr=3e-4"], "(c)+(d) d/L = 32 and 3x the learning rate"),
 }
 
+# The issue's fallback when no config meets the rule: keep the twin (k = 8, T = 500 steps per variant) and train
+# its reference as many steps as it needs to beat the k/2-layer scratch model trained 2T by at least 0.05 nats
+# (and by more than 3 x that model's std over seeds). Candidate reference budgets: 2T (today's), 3T, 4T.
+FALLBACK = {"name": "fallback_8v4", "k": 8, "T": 500, "ref_steps": [1000, 1500, 2000], "ref_seed": 0,
+            "half_seeds": [1, 2]}
+
 # The suite of issue #15 item 2 in units of one k/2-layer run of T steps, an estimate for the cost rule:
 # Table 1 Large-like (3 seeds x round 1, scratch T, 2T = 12), Medium-like growth (3 x (2 rounds + scratch T, 2T
 # at up to 2k/3 depth) ~ 19), Table 2 (~9), Table 3 (9), KD (~5 with the teacher's forward), lazy transfer
@@ -69,15 +76,26 @@ def jobs(configs: list[str], seeds: list[int]) -> list[list[str]]:
     return out
 
 
+def fallback_jobs() -> list[list[str]]:
+    f = FALLBACK
+    common = [*BASE, "method=scratch", f"name=regime_{f['name']}", "trainer.enable_progress_bar=false",
+              "logger=csv", "resume=true"]
+    half = [["-m", "lit_inheritune", *common, f"model.n_layer={f['k'] // 2}", f"train.max_steps={2 * f['T']}",
+             f"seed={s}"] for s in f["half_seeds"]]
+    deep = [["-m", "lit_inheritune", *common, f"model.n_layer={f['k']}", f"train.max_steps={steps}",
+             f"seed={f['ref_seed']}"] for steps in f["ref_steps"]]
+    return half + deep
+
+
 def _run(args: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     print("+ python", " ".join(args), flush=True)
     return subprocess.run([PY, *args], env=env).returncode
 
 
-def run(configs: list[str], seeds: list[int], n_jobs: int) -> None:
+def run(job_list: list[list[str]], n_jobs: int) -> None:
     with ThreadPoolExecutor(n_jobs) as pool:
-        codes = list(pool.map(_run, jobs(configs, seeds)))
+        codes = list(pool.map(_run, job_list))
     if any(codes):
         sys.exit(f"error: {sum(1 for c in codes if c)} pilot run(s) failed")
 
@@ -96,6 +114,37 @@ def collect() -> dict:
                 runs.setdefault(n_layer, []).append(r)
         data[name] = {"k": k, "steps": steps, "overrides": overrides, "hypothesis": hypothesis, "runs": runs}
     return data
+
+
+def collect_fallback() -> dict:
+    """{"half": [results of the k/2-layer model at 2T], "ref": {steps: result}} from whatever has finished."""
+    from lit_inheritune.report import val_curve
+
+    f, out = FALLBACK, {"half": [], "ref": {}}
+    group = ROOT / "outputs" / f"regime_{f['name']}"
+    for path in sorted(group.glob(f"scratch-L{f['k'] // 2}-T{2 * f['T']}-s*/result.json")):
+        out["half"].append({**json.loads(path.read_text()), "curve": sorted(val_curve(path.parent).items())})
+    for steps in f["ref_steps"]:
+        path = group / f"scratch-L{f['k']}-T{steps}-s{f['ref_seed']}" / "result.json"
+        if path.exists():
+            out["ref"][steps] = {**json.loads(path.read_text()), "curve": sorted(val_curve(path.parent).items())}
+    return out
+
+
+def judge_fallback(data: dict) -> list[dict]:
+    """One row per reference budget: its gap over the k/2-layer model at 2T, and whether it is enough."""
+    half = [r["val_loss"] for r in data["half"]]
+    if not half:
+        return []
+    mean = statistics.mean(half)
+    std = statistics.stdev(half) if len(half) > 1 else float("nan")
+    rows = []
+    for steps, r in sorted(data["ref"].items()):
+        gap = mean - r["val_loss"]
+        enough = gap >= 0.05 and len(half) > 1 and gap > 3 * std
+        rows.append({"ref_steps": steps, "ref": r["val_loss"], "half": mean, "half_std": std, "n_half": len(half),
+                     "gap": gap, "enough": enough, "sec_ref": r["train_seconds"]})
+    return rows
 
 
 def _run_flops(entry: dict, n_layer: int) -> float:
@@ -171,16 +220,33 @@ def report(out: Path) -> None:
     chosen.sort(key=lambda n: verdicts[n]["suite_hours"])
     lines += ["", "Chosen regime (cheapest that meets the rule): "
               + (f"**{chosen[0]}**" if chosen else "none yet"), ""]
+    fb = collect_fallback()
+    fb_rows = judge_fallback(fb)
+    f = FALLBACK
+    lines += [f"## Fallback: the k = {f['k']} reference trained longer, against the {f['k'] // 2}-layer scratch model at 2T",
+              "", f"Run with `python experiments/regime_pilot.py run --fallback`. T = {f['T']} steps (the twin's variant "
+              f"budget); the reference's seed {f['ref_seed']}, the {f['k'] // 2}-layer model's seeds {f['half_seeds']}; "
+              "otherwise the base settings. Enough: gap >= 0.05 and gap > 3 x the 2T model's std over seeds.", "",
+              f"| reference steps | {f['k']}L reference val | {f['k'] // 2}L scratch at 2T = {2 * f['T']} | gap | "
+              f"enough | s (reference run) |", "|---|---|---|---|---|---|"]
+    for row in fb_rows:
+        lines.append(f"| {row['ref_steps']} ({row['ref_steps'] // f['T']}T) | {_fmt(row['ref'])} | {_fmt(row['half'])} +- "
+                     f"{_fmt(row['half_std'])} ({row['n_half']} seeds) | {_fmt(row['gap'])} | "
+                     f"{'yes' if row['enough'] else 'no'} | {row['sec_ref']:.0f} |")
+    enough = [row["ref_steps"] for row in fb_rows if row["enough"]]
+    lines += ["", "Reference budget for the twin (fewest steps that are enough): "
+              + (f"**{enough[0]} steps ({enough[0] // f['T']}T)**" if enough else "none yet"), ""]
     (out / "pilot.md").write_text("\n".join(lines) + "\n")
     (out / "pilot.json").write_text(json.dumps(
         {"provenance": provenance(), "verdicts": verdicts, "chosen": chosen[0] if chosen else None,
+         "fallback": {"config": FALLBACK, "rows": fb_rows, "reference_steps": enough[0] if enough else None},
          "configs": {n: {k: e[k] for k in ("k", "steps", "overrides", "hypothesis")} for n, e in data.items()}},
         indent=2) + "\n")
-    _plot(data, verdicts, out / "pilot.png")
+    _plot(data, verdicts, out / "pilot.png", fb)
     print((out / "pilot.md").read_text())
 
 
-def _plot(data: dict, verdicts: dict, path: Path) -> None:
+def _plot(data: dict, verdicts: dict, path: Path, fallback: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +254,7 @@ def _plot(data: dict, verdicts: dict, path: Path) -> None:
 
     names = list(data)
     cols = 3
-    rows = math.ceil(len(names) / cols)
+    rows = math.ceil((len(names) + 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         entry, v = data[name], verdicts[name]
@@ -209,7 +275,22 @@ def _plot(data: dict, verdicts: dict, path: Path) -> None:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
-    for ax in list(axes.flat)[len(names):]:
+    ax = list(axes.flat)[len(names)]
+    f = FALLBACK
+    for i, r in enumerate((fallback or {}).get("half", [])):
+        if r["curve"]:
+            ax.plot(*zip(*r["curve"]), "--", color="C1", marker="o", markersize=2,
+                    label=f"{f['k'] // 2}L, {2 * f['T']} steps" if i == 0 else None)
+    for j, (steps, r) in enumerate(sorted((fallback or {}).get("ref", {}).items())):
+        if r["curve"]:
+            ax.plot(*zip(*r["curve"]), "-", color=f"C{j + 2}", marker="o", markersize=2, label=f"{f['k']}L, {steps} steps")
+    ax.set_title(f"fallback: {f['k']}L reference trained longer", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss")
+    if ax.lines:
+        ax.set_ylim(min(min(l.get_ydata()) for l in ax.lines) - 0.1, min(min(l.get_ydata()) for l in ax.lines) + 1.2)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(names) + 1:]:
         ax.axis("off")
     fig.suptitle("Regime pilot: k-layer (solid) vs k/2-layer (dashed) scratch at equal steps", fontsize=11)
     fig.tight_layout()
@@ -224,6 +305,7 @@ def main() -> None:
     r.add_argument("--configs", default=",".join(CONFIGS))
     r.add_argument("--seeds", default="1")
     r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--fallback", action="store_true", help="the reference-budget runs instead of the configs")
     p = sub.add_parser("report")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "regime")
     a = ap.parse_args()
@@ -231,7 +313,7 @@ def main() -> None:
         unknown = [c for c in a.configs.split(",") if c not in CONFIGS]
         if unknown:
             sys.exit(f"error: unknown pilot config(s) {unknown}; known: {list(CONFIGS)}")
-        run(a.configs.split(","), [int(s) for s in a.seeds.split(",")], a.jobs)
+        run(fallback_jobs() if a.fallback else jobs(a.configs.split(","), [int(s) for s in a.seeds.split(",")]), a.jobs)
     else:
         report(a.out)
 
