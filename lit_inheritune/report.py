@@ -457,6 +457,53 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_growth(group_dir: Path, path: Path) -> Path | None:
+    """Every growing run of the group (one fit, several stages: Inheritune's rounds, stacking) as one val loss
+    curve over its whole fit, mean over seeds, with a dotted line at each stage boundary and, for Inheritune,
+    the reference's val loss (the bar growth must clear)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_label: dict[str, list[tuple[dict, dict, dict | None]]] = {}
+    for fit in sorted(Path(group_dir).rglob("fit.json")):
+        stages_file = fit.parent / "stages.json"
+        reference = json.loads(stages_file.read_text())["reference"] if stages_file.exists() else None
+        label, _ = _label_and_seed(Path(group_dir), fit.parent)
+        by_label.setdefault(label, []).append((val_curve(fit.parent), json.loads(fit.read_text()), reference))
+    by_label = {k: v for k, v in by_label.items() if any(c for c, _, _ in v)}
+    if not by_label:
+        return None
+    fig, axes = plt.subplots(len(by_label), 1, figsize=(8, 3.2 * len(by_label)), squeeze=False)
+    for ax, (label, entries) in zip(axes[:, 0], sorted(by_label.items())):
+        curves = [c for c, _, _ in entries if c]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], marker="o", markersize=2,
+                label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        longest = max(entries, key=lambda e: len(e[1].get("stages", [])))
+        names = longest[1].get("stages", [])
+        stage_steps = longest[1]["steps"] // max(1, len(names)) if names else None
+        for i, name in enumerate(names):
+            if i:
+                ax.axvline(i * stage_steps, color="grey", linestyle=":", linewidth=1)
+            ax.text((i + 0.5) * stage_steps, 1.0, name, transform=ax.get_xaxis_transform(), ha="center",
+                    va="bottom", fontsize=7)
+        refs = [r["val_loss"] for _, _, r in entries if r]
+        if refs:
+            ax.axhline(statistics.fmean(refs), color="C3", linestyle="--", label="reference")
+        values = [v for c in curves for v in c.values()]
+        ax.set_ylim(min(values) - 0.05, min(values) + 1.0)
+        ax.set(xlabel="step of the run's fit", ylabel="val loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle("Growing runs: one fit, stage boundaries dotted", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command: str | None = None) -> Path:
     """The paper's tables for a group: tables.md, tables.json and one curves PNG per table."""
     runs = collect(group_dir)
@@ -479,6 +526,9 @@ def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command:
         png = plot_curves(table, runs, out_dir / f"{table['id']}_curves.png")
         parts.append(suite_markdown(table) + f"\n![{table['id']} curves]({png.name})\n")
     parts += growth_cost(Path(group_dir), runs)
+    growth_png = plot_growth(Path(group_dir), out_dir / "growth_curves.png")
+    if growth_png:
+        parts.append(f"![growing runs, stage boundaries marked]({growth_png.name})\n")
     compute_png = plot_compute(tables, runs, out_dir / "compute_curves.png")
     if compute_png:
         parts.append(f"![val loss against cumulative FLOPs]({compute_png.name})\n")
