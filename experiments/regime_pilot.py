@@ -288,7 +288,8 @@ def _plot(data: dict, verdicts: dict, path: Path, fallback: dict | None = None) 
     ax.set_xlabel("step")
     ax.set_ylabel("val loss")
     if ax.lines:
-        ax.set_ylim(min(min(l.get_ydata()) for l in ax.lines) - 0.1, min(min(l.get_ydata()) for l in ax.lines) + 1.2)
+        lowest = min(min(line.get_ydata()) for line in ax.lines)
+        ax.set_ylim(lowest - 0.1, lowest + 1.2)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(names) + 1:]:
         ax.axis("off")

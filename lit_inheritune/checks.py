@@ -24,9 +24,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lit_inheritune.errors import CheckpointError, ConfigError, cli_errors
 
 HF_MODEL = "lit_inheritune.hf.HFModelSpec"
-HF_METHODS = ("inheritune", "scratch")  # what model=hf (a pretrained Hugging Face reference) supports
-# Methods that start from the reference (method.reference: trained here, loaded from ckpt, or model=hf)
-REFERENCE_METHODS = ("inheritune", "hybrid_stacking", "half_width", "kd", "distilbert_kd")
 BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # surgery.BLOCK_PARTS (tests compare the two)
 GROW_MODES = ("append", "reinherit")
 ATTN_SCALES = ("position", "source")  # surgery.ATTN_SCALES
@@ -101,20 +98,43 @@ def check_model(cfg: DictConfig) -> None:
 # Methods: `model` is the reference (k layers); each method's parameters are checked against it.
 
 
+def method_recipe(cfg: DictConfig) -> type:
+    """The recipe class `method._target_` names (methods.py), imported but not built. Its attributes say what
+    the checks need: `uses_reference` (starts from method.reference), `supports_hf` (runs with model=hf), and
+    `validate(cfg)`, the method's own checks."""
+    target = cfg.method.get("_target_")
+    if not target:
+        raise ConfigError("method._target_ is missing: a method config names its recipe class, e.g. "
+                          "_target_: lit_inheritune.methods.Inheritune")
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception as err:  # Hydra wraps the import error; its message names the module
+        raise ConfigError(f"method._target_={target!r} cannot be imported: {str(err).splitlines()[0]}") from None
+    if not (callable(getattr(cls, "plan", None)) and callable(getattr(cls, "run", None))):
+        raise ConfigError(f"method._target_={target!r} is not a recipe: it needs plan(cfg) and run(cfg, datamodule)")
+    return cls
+
+
+def uses_reference(cfg: DictConfig) -> bool:
+    return bool(getattr(method_recipe(cfg), "uses_reference", False))
+
+
 def _trains_reference(cfg: DictConfig) -> bool:
-    return cfg.method.name in REFERENCE_METHODS and not cfg.method.reference.ckpt and not is_hf(cfg)
+    return uses_reference(cfg) and not cfg.method.reference.ckpt and not is_hf(cfg)
 
 
-def _check_reference_steps(cfg: DictConfig) -> None:
+def check_reference_steps(cfg: DictConfig) -> None:
     if _trains_reference(cfg):
         check_steps(cfg, "method.reference.max_steps", cfg.method.reference.max_steps)
 
 
-def _check_scratch(cfg: DictConfig) -> None:
+def check_scratch(cfg: DictConfig) -> None:
     pass  # the schedule and the model are all there is
 
 
-def _check_inheritune(cfg: DictConfig) -> None:
+def check_inheritune(cfg: DictConfig) -> None:
     m, k = cfg.method, cfg.model.n_layer
     if m.blocks:
         n = len(m.blocks)
@@ -137,7 +157,10 @@ def _check_inheritune(cfg: DictConfig) -> None:
     if m.max_layers < n:
         raise ConfigError(f"method.max_layers={m.max_layers} is below the target's {n} layers; set it between "
                           f"{n} (no growth) and {k}")
-    _check_reference_steps(cfg)
+    if m.get("carry_optimizer") and m.grow_mode != "append":
+        raise ConfigError("method.carry_optimizer=true keeps the AdamW state of the parameters that survive a "
+                          "growth; only method.grow_mode=append keeps any (reinherit starts from fresh copies)")
+    check_reference_steps(cfg)
     for steps in m.scratch_baselines or []:
         check_steps(cfg, "method.scratch_baselines", steps)
     if is_hf(cfg) and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
@@ -149,27 +172,27 @@ def _check_inheritune(cfg: DictConfig) -> None:
                           "cannot be expressed there (use method.attn_scale=position)")
 
 
-def _check_stacking(cfg: DictConfig) -> None:
+def check_stacking(cfg: DictConfig) -> None:
     n, k = cfg.method.n_layer, cfg.model.n_layer
     if n % 2 or not 2 <= n <= k:
         raise ConfigError(f"stacking needs an even method.n_layer <= {k} (model.n_layer), got {n}")
 
 
-def _check_hybrid_stacking(cfg: DictConfig) -> None:
+def check_hybrid_stacking(cfg: DictConfig) -> None:
     n, k = cfg.method.n_layer, cfg.model.n_layer
     if not 2 <= n <= k:
         raise ConfigError(f"hybrid stacking needs 2 <= method.n_layer <= {k} (model.n_layer), got {n}")
-    _check_reference_steps(cfg)
+    check_reference_steps(cfg)
 
 
-def _check_half_width(cfg: DictConfig) -> None:
+def check_half_width(cfg: DictConfig) -> None:
     if cfg.model.n_head % 2 or cfg.model.n_embd % 2:
         raise ConfigError(f"half width needs even heads and width, got model.n_head={cfg.model.n_head}, "
                           f"model.n_embd={cfg.model.n_embd} (the paper's XLarge has 25 heads and no half-width row)")
-    _check_reference_steps(cfg)
+    check_reference_steps(cfg)
 
 
-def _check_kd(cfg: DictConfig) -> None:
+def check_kd(cfg: DictConfig) -> None:
     m, k = cfg.method, cfg.model.n_layer
     _positive("method.n_layer", m.n_layer)
     if not 0 <= m.alpha <= 1:
@@ -185,30 +208,20 @@ def _check_kd(cfg: DictConfig) -> None:
         if len(blocks) != m.n_layer or missing:
             raise ConfigError(f"method.student_blocks={blocks} must list {m.n_layer} blocks of the {k}-layer "
                               "teacher" + (f"; {missing} do not exist" if missing else ""))
-    _check_reference_steps(cfg)
-
-
-METHOD_CHECKS = {
-    "scratch": _check_scratch,
-    "inheritune": _check_inheritune,
-    "stacking": _check_stacking,
-    "hybrid_stacking": _check_hybrid_stacking,
-    "half_width": _check_half_width,
-    "kd": _check_kd,
-    "distilbert_kd": _check_kd,
-}
+    check_reference_steps(cfg)
 
 
 def check_method(cfg: DictConfig) -> None:
     m = cfg.method
-    if m.name not in METHOD_CHECKS:
-        raise ConfigError(f"unknown method.name={m.name!r}; known: {', '.join(METHOD_CHECKS)}")
-    if is_hf(cfg) and m.name not in HF_METHODS:
-        raise ConfigError(f"method {m.name!r} supports our GPT models only; with model=hf use one of "
-                          f"{', '.join(HF_METHODS)}")
+    recipe = method_recipe(cfg)
+    if is_hf(cfg) and not getattr(recipe, "supports_hf", False):
+        raise ConfigError(f"method {m.name!r} supports our GPT models only; with model=hf use inheritune or scratch")
     if m.attn_scale is not None and m.attn_scale not in ATTN_SCALES:
         raise ConfigError(f"method.attn_scale={m.attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
-    METHOD_CHECKS[m.name](cfg)
+    validate = getattr(recipe, "validate", None)
+    if validate is not None:
+        validate(cfg)
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,7 +265,7 @@ def checkpoint_shape(model_hparams: dict) -> dict:
 def check_reference_checkpoint(cfg: DictConfig) -> None:
     """A given reference checkpoint has the depth and width the config describes (`model` is the reference),
     so targets, growth and baselines are sized against the model that is actually loaded."""
-    if cfg.method.name not in REFERENCE_METHODS or not cfg.method.reference.ckpt:
+    if not uses_reference(cfg) or not cfg.method.reference.ckpt:
         return
     path = Path(cfg.method.reference.ckpt)
     if not path.is_file():

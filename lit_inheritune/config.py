@@ -48,6 +48,11 @@ if not OmegaConf.has_resolver("attn_scale_tag"):
     OmegaConf.register_new_resolver("attn_scale_tag", _attn_scale_tag)
 
 
+# Run-name suffix of a switch that is off by default: `${flag_tag:${method.carry_optimizer},carry}` -> "-carry".
+if not OmegaConf.has_resolver("flag_tag"):
+    OmegaConf.register_new_resolver("flag_tag", lambda on, name: f"-{name}" if on else "")
+
+
 def compose(overrides: list[str] | None = None):
     """The config `python -m lit_inheritune <overrides>` would run, without starting a job."""
     from hydra import compose as hydra_compose

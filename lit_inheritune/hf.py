@@ -449,8 +449,9 @@ def is_hf_checkpoint_config(model_hparams: dict) -> bool:
     return isinstance(model_hparams, dict) and model_hparams.get("kind") == "hf"
 
 
-def hf_from_hparams(model_hparams: dict, state: dict) -> HFCausalLM:
-    """The HFCausalLM a checkpoint describes: its recorded HF config, then its weights (`model.`-stripped)."""
+def hf_from_hparams(model_hparams: dict, state: dict | None) -> HFCausalLM:
+    """The HFCausalLM a checkpoint describes: its recorded HF config, then its weights (`model.`-stripped;
+    None: float32 and uninitialised, for weights loaded right after)."""
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -458,8 +459,10 @@ def hf_from_hparams(model_hparams: dict, state: dict) -> HFCausalLM:
     config = CONFIG_MAPPING[hf_config["model_type"]].from_dict(hf_config)
     attn = model_hparams.get("attn_implementation")
     hf = _build_empty(lambda c: AutoModelForCausalLM.from_config(c, attn_implementation=attn), config,
-                      next(iter(state.values())).dtype)
+                      next(iter(state.values())).dtype if state else torch.float32)
     model = HFCausalLM(hf, model_hparams["block_size"])
+    if state is None:
+        return model
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _tied_key(hf, k.removeprefix("hf."))]
     if missing or unexpected:

@@ -100,6 +100,8 @@ class MethodSchema:
     (cpu_medium_table2 keeps cpu_medium_16l's shared `reference` for stacking and half width), so a method
     carries keys of the others; each is typed, and unused ones stay null."""
 
+    _target_: str = MISSING  # the recipe class (methods.py), built by Hydra
+    module: Any = None  # the LightningModule, a partial (CausalLM, DistillationLM)
     name: str = MISSING
     tag: str = MISSING
     n_layer: int | None = None
@@ -109,6 +111,7 @@ class MethodSchema:
     copy_ln_f: bool | None = None
     grow_by: int | None = None
     grow_mode: str | None = None
+    carry_optimizer: bool | None = None
     attn_scale: str | None = None
     max_layers: int | None = None
     tolerance: float | None = None

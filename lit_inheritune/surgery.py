@@ -147,11 +147,20 @@ def gpt_from_checkpoint(path, map_location="cpu") -> GPT:
         from lit_inheritune.hf import hf_from_hparams
 
         return hf_from_hparams(hparams["model"], state)
-    model = GPT(GPTConfig(**hparams["model"]))
+    model = model_from_config(hparams["model"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
         raise SurgeryError(f"{path} does not match its GPT config: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def model_from_config(config: dict):
+    """A model of a checkpoint's recorded config (`CausalLM.hparams["model"]`), for its weights to be loaded into."""
+    if config.get("kind") == "hf":
+        from lit_inheritune.hf import hf_from_hparams
+
+        return hf_from_hparams(config, None)
+    return GPT(GPTConfig(**config))
 
 
 def stack_blocks(model: GPT, times: int = 2, attn_scale: str = "position") -> GPT:

@@ -64,18 +64,30 @@ def _plain(node):
 
 @pytest.fixture
 def initial_models(monkeypatch):
-    """stage name -> a copy of the model each stage's Trainer is handed by lit_inheritune.run, taken before any
-    step: what surgery (or a fresh init) built, so tests can check a stage's starting weights against their
-    sources. The stages still train as usual."""
+    """stage name -> a copy of the model each stage starts from, taken before any step: what surgery (or a fresh
+    init) built, so tests can check a stage's starting weights against their sources. A stage of its own fit is
+    recorded when fit_stage is handed its module; a stage a growing fit grows into, when the GrowCallback installs
+    it. The stages still train as usual."""
     import copy
 
-    from lit_inheritune import run as run_module
+    from lit_inheritune import methods
+    from lit_inheritune.training import grow, runner
 
-    built, fit_stage = {}, run_module.fit_stage
+    built = {}
 
-    def recording_fit_stage(cfg, module, *args, **kwargs):
-        built[kwargs["stage"]] = copy.deepcopy(module.model)
-        return fit_stage(cfg, module, *args, **kwargs)
+    def recording(fit):
+        def fit_and_record(cfg, module, *args, **kwargs):
+            built.setdefault(kwargs["stage"], copy.deepcopy(module.model))
+            return fit(cfg, module, *args, **kwargs)
+        return fit_and_record
 
-    monkeypatch.setattr(run_module, "fit_stage", recording_fit_stage)
+    monkeypatch.setattr(methods, "fit_stage", recording(methods.fit_stage))
+    monkeypatch.setattr(runner, "fit_stage", recording(runner.fit_stage))
+    install = grow.GrowCallback._install
+
+    def recording_install(self, trainer, pl_module, model):
+        built[self.growth.stages[self.index].name] = copy.deepcopy(model)
+        return install(self, trainer, pl_module, model)
+
+    monkeypatch.setattr(grow.GrowCallback, "_install", recording_install)
     return built

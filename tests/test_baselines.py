@@ -7,8 +7,9 @@ from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.methods import reference_dir
 from lit_inheritune.model import GPT, GPTConfig
-from lit_inheritune.run import reference_dir, run, scratch_dir
+from lit_inheritune.run import run
 from lit_inheritune.surgery import gpt_from_checkpoint, half_width
 
 
@@ -34,8 +35,13 @@ def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_dat
     cfg = _cfg(tmp_path, fixture_data_dir, "stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
     first, second = run(cfg)
     assert (first["n_layer"], second["n_layer"]) == (2, 4)
-    assert first["last_checkpoint"].startswith(str(scratch_dir(cfg, 2, 10)))  # shared with scratch runs
+    assert first["last_checkpoint"].startswith(cfg.run_dir)  # the two stages are one fit (GrowCallback)
     assert second["steps"] == 10
+    # stage 1 is the scratch run of n/2 layers, to the last bit: same seed, same batches
+    [scratch] = run(compose([*TINY, "model.n_layer=2", "train.max_steps=10", "train.val_every_n_steps=10",
+                             f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}"]))
+    assert scratch["val_loss"] == first["val_loss"]
+    assert _same(gpt_from_checkpoint(scratch["last_checkpoint"]), gpt_from_checkpoint(first["last_checkpoint"]))
     # Stage 2 starts from stage 1's trained model with its blocks 0, 1 repeated as 2, 3; nothing else changes.
     trained, start = gpt_from_checkpoint(first["last_checkpoint"]), initial_models["stage2-L4"]
     assert not _same(trained, initial_models["stage1-L2"])  # stage 1 trained
@@ -89,7 +95,7 @@ def test_bad_baseline_requests_fail_before_training(tmp_path, fixture_data_dir, 
 
 
 def test_distilbert_default_mapping_is_the_papers_for_medium():
-    from lit_inheritune.run import distilbert_blocks
+    from lit_inheritune.checks import distilbert_blocks
 
     assert distilbert_blocks(24, 16) == [*range(0, 24, 2), 18, 19, 20, 21]
     assert distilbert_blocks(24, 12) == list(range(0, 24, 2))

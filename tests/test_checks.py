@@ -29,11 +29,15 @@ def test_schemas_have_the_fields_of_what_they_instantiate():
     assert _fields(schema.PrepareSchema) <= set(inspect.signature(prepare).parameters)
 
 
-def test_checks_know_the_methods_and_parts_the_code_has():
-    from lit_inheritune.run import METHODS
+def test_every_method_config_names_a_recipe_with_its_own_checks_and_the_parts_the_code_has():
+    from lit_inheritune.config import CONFIG_DIR, compose
     from lit_inheritune.surgery import ATTN_SCALES, BLOCK_PARTS
 
-    assert set(checks.METHOD_CHECKS) == set(METHODS)
+    names = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
+    assert len(names) == 7
+    for name in names:
+        recipe = checks.method_recipe(compose([f"method={name}"]))
+        assert callable(recipe.validate), name  # every built-in method checks its parameters
     assert checks.BLOCK_PARTS == tuple(BLOCK_PARTS)
     assert checks.ATTN_SCALES == ATTN_SCALES
 

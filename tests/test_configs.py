@@ -100,7 +100,7 @@ def _sweep_values(value: str) -> list[str]:
 
 
 def test_every_job_of_reproduce_cpu_composes_and_shares_one_reference():
-    from lit_inheritune.run import reference_dir
+    from lit_inheritune.methods import reference_dir
 
     jobs = list(_reproduce_jobs())
     assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 2 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer, both scales
@@ -182,7 +182,8 @@ def _reference_recipe(cfg) -> tuple[str, dict]:
     """Where a job finds its reference and the identity it expects that reference to have (what the run-identity
     check compares before reusing it). For method=scratch the job's own run is the reference's when it has the
     reference's depth, steps and seed."""
-    from lit_inheritune.run import plan, reference_dir, reference_identity
+    from lit_inheritune.methods import reference_dir, reference_identity
+    from lit_inheritune.run import plan
 
     if cfg.method.name == "scratch":
         [stage] = plan(cfg)
@@ -214,7 +215,7 @@ def test_a_groups_jobs_share_one_reference_trained_one_way(jobs):
                                  "experiment=cpu_medium_table2 method=hybrid_stacking",
                                  "experiment=cpu_medium_kd method=distilbert_kd"])
 def test_attention_scale_policies_run_apart_on_one_reference(job):
-    from lit_inheritune.run import reference_dir
+    from lit_inheritune.methods import reference_dir
 
     official, kept = (compose([*job.split(), f"method.attn_scale={policy}"]) for policy in ("position", "source"))
     assert official.run_dir == compose(job.split()).run_dir  # the default keeps the runs' existing names

@@ -1,5 +1,6 @@
 """Algorithm 1 end to end on the fixture corpus: reference, inherit, grow, resume between stages."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.methods import reference_dir, scratch_dir
 from lit_inheritune.model import GPT, GPTConfig
-from lit_inheritune.run import reference_dir, run, scratch_dir
+from lit_inheritune.run import run
 from lit_inheritune.surgery import gpt_from_checkpoint
 from lit_inheritune.training import runner
 
@@ -23,41 +25,63 @@ def _cfg(tmp_path, data_dir, *extra):
                     *extra])
 
 
-class _CrashInStage(runner.L.Callback):
-    def __init__(self, stage):
-        self.stage = stage
+class _KillAtStep(runner.L.Callback):
+    """Raises after optimizer step `step`: the run's last checkpoint is its last validation before it."""
 
-    def on_train_start(self, trainer, pl_module):
-        if pl_module.hparams["meta"]["stage"] == self.stage:
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
             raise RuntimeError("simulated kill")
 
 
-def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fixture_data_dir, monkeypatch):
-    cfg = _cfg(tmp_path, fixture_data_dir)
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("grow_mode", ["reinherit", "append"])
+def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_weights(tmp_path, fixture_data_dir,
+                                                                                      monkeypatch, grow_mode):
+    """Rounds 1 and 2 are one fit. Killed at step 35 (round 2, 3 layers; its last checkpoint at step 30), the
+    resumed fit rebuilds the 3-layer model before loading its weights and optimizer, and ends with the weights,
+    val losses and log rows of a run that was never killed. Round 1 is not trained again."""
+    whole = run(_cfg(tmp_path / "whole", fixture_data_dir, f"method.grow_mode={grow_mode}"))
+    cfg = _cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}")
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *args: [*original(*args), _CrashInStage("round2-L3")])
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
+        [_KillAtStep(35)] if k.get("growing") else [])])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     monkeypatch.setattr(runner, "_callbacks", original)
     run_dir = Path(cfg.run_dir)
-    ref_result = reference_dir(cfg) / "result.json"
     round1 = run_dir / "round1-L2" / "result.json"
-    assert ref_result.exists() and round1.exists()
-    stamps = (ref_result.stat().st_mtime_ns, round1.stat().st_mtime_ns)
+    assert round1.exists() and not (run_dir / "round2-L3" / "result.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    stamp = round1.stat().st_mtime_ns
 
-    # The round-1 target is the reference's first two blocks, trained.
-    reference = gpt_from_checkpoint(json.loads(ref_result.read_text())["last_checkpoint"])
-    assert reference.config.n_layer == 4
-
-    results = run(_cfg(tmp_path, fixture_data_dir, "resume=true"))
-    assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"]
+    with pytest.raises(ConfigError, match="resume=true"):
+        run(cfg)
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}", "resume=true"))
+    assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"] == [r["stage"] for r in whole]
     assert [r["n_layer"] for r in results] == [2, 3]
-    assert (ref_result.stat().st_mtime_ns, round1.stat().st_mtime_ns) == stamps  # neither trained again
     assert all(r["steps"] == 20 and not r["matched"] for r in results)
+    assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
+    assert round1.stat().st_mtime_ns == stamp  # round 1 was not trained again
+    mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert gpt_from_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
+    # the run's log has every step once, the stage's slice counts from the stage's start
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        val_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")]
+    assert val_steps == [9, 19, 29, 39]
+    with open(run_dir / "round2-L3" / "csv" / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")] == [9, 19]
     table = (run_dir / "stages.md").read_text()
     assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
 
-    assert gpt_from_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
+    again = run(_cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}", "resume=true"))
+    assert [r["val_loss"] for r in again] == [r["val_loss"] for r in results]  # done: read, not trained
 
 
 def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir):

@@ -66,7 +66,7 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
 
     killed = _cfg(tmp_path / "b", fixture_data_dir)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *args: [*original(*args), _CrashAt(30)])
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _CrashAt(30)])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(killed)
     last = Path(killed.run_dir) / "checkpoints" / "last.ckpt"

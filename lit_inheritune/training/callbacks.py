@@ -92,15 +92,21 @@ class RankConsistencyCheck(L.Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
-            self._compare(trainer, pl_module, "built")
+            self.compare(trainer, pl_module, "built")
 
     def on_train_end(self, trainer, pl_module) -> None:
         from lightning.pytorch.strategies import FSDPStrategy
 
         if not isinstance(trainer.strategy, FSDPStrategy):
-            self._compare(trainer, pl_module, "ranks")
+            self.compare(trainer, pl_module, "ranks")
 
-    def _compare(self, trainer, pl_module, when: str) -> None:
+    def compare(self, trainer, pl_module, when: str, dirpath: str | Path | None = None) -> None:
+        """Hash every rank's weights and raise if they differ; record the digests under `when` in
+        `<dirpath or self.dirpath>/weights_digest.json` (the GrowCallback passes each stage's directory)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if when == "ranks" and isinstance(trainer.strategy, FSDPStrategy):
+            return
         h = hashlib.sha256()
         for name, tensor in sorted(pl_module.state_dict().items()):
             h.update(name.encode())
@@ -108,12 +114,16 @@ class RankConsistencyCheck(L.Callback):
         # On the strategy's device: before the strategy has set up, the module may not be there yet.
         mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).to(trainer.strategy.root_device)
         every = trainer.strategy.all_gather(mine).reshape(-1, mine.numel())
-        self.digests[when] = [bytes(row.tolist()).hex() for row in every.cpu()]
-        if trainer.is_global_zero and self.dirpath:
-            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
-            (Path(self.dirpath) / "weights_digest.json").write_text(json.dumps(self.digests, indent=2))
-        if len(set(self.digests[when])) > 1:
-            raise RuntimeError(f"ranks hold different weights ({when}): {self.digests[when]}")
+        digests = [bytes(row.tolist()).hex() for row in every.cpu()]
+        self.digests[when] = digests
+        out_dir = dirpath or self.dirpath
+        if trainer.is_global_zero and out_dir:
+            path = Path(out_dir) / "weights_digest.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            recorded = json.loads(path.read_text()) if dirpath and path.exists() else {}
+            path.write_text(json.dumps({**recorded, **({when: digests} if dirpath else self.digests)}, indent=2))
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks hold different weights ({when}): {digests}")
 
 
 class _HistoryKeepingWriter(ExperimentWriter):
@@ -178,15 +188,28 @@ class StageProgressBar(TQDMProgressBar):
     def __init__(self, stage: str, refresh_rate: int = 1):
         super().__init__(refresh_rate=refresh_rate)
         self.stage = stage
+        self.start, self.total = 0, None  # the stage's first global step and its length (None: to max_steps)
 
     @property
     def train_description(self) -> str:
         return self.stage
 
+    def set_stage(self, stage: str, start: int, total: int) -> None:
+        """A fit that grows (GrowCallback) runs several stages: the bar counts the current one."""
+        self.stage, self.start, self.total = stage, start, total
+        bar = self.train_progress_bar
+        if bar is not None:
+            bar.set_description(stage)
+            bar.reset(total=total)
+            bar.initial = 0
+
+    def _total(self, trainer) -> int:
+        return self.total if self.total is not None else trainer.max_steps
+
     def on_train_epoch_start(self, trainer, *_) -> None:
         bar = self.train_progress_bar
-        bar.reset(total=trainer.max_steps)
-        bar.initial = bar.n = trainer.global_step
+        bar.reset(total=self._total(trainer))
+        bar.initial = bar.n = trainer.global_step - self.start
 
     def init_validation_tqdm(self):
         # the val loss shows in the training bar's postfix; a bar per evaluation would only add lines
@@ -198,10 +221,10 @@ class StageProgressBar(TQDMProgressBar):
         return metrics
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n = trainer.global_step
-        if self.train_progress_bar is not None and self.train_progress_bar.total != trainer.max_steps:
+        n = trainer.global_step - self.start
+        if self.train_progress_bar is not None and self.train_progress_bar.total != self._total(trainer):
             # a fit resumed mid-epoch starts without on_train_epoch_start
-            self.train_progress_bar.reset(total=trainer.max_steps)
+            self.train_progress_bar.reset(total=self._total(trainer))
             self.train_progress_bar.initial = n
         if self.train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
             self.train_progress_bar.n = n

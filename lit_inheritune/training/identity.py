@@ -24,7 +24,8 @@ IDENTITY_FILE = "identity.json"
 # loop's control (how far to grow, when to stop), which decides which stages run, not what each one computes.
 _DATA_IGNORED = ("_target_", "data_dir", "num_workers", "verify_checksum", "prepare")
 _MODEL_IGNORED = ("cache_dir",)
-_METHOD_IGNORED = ("tag", "reference", "scratch_baselines", "tolerance", "max_layers", "grow_by")
+# `module` only repeats method keys (alpha, temperature) as the LightningModule's arguments.
+_METHOD_IGNORED = ("tag", "reference", "scratch_baselines", "tolerance", "max_layers", "grow_by", "module")
 
 
 def _plain(node) -> dict:

@@ -25,6 +25,20 @@ class CausalLM(L.LightningModule):
     def from_config(cls, model: GPTConfig, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
         return cls(GPT(model), optim, meta)
 
+    def replace_model(self, model) -> None:
+        """Swap in another model (a stage's grown one): its config is what the checkpoints record."""
+        self.model = model
+        self.hparams["model"] = model.config.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A fit that grows (training/grow.py) saves the model of the stage it is in; rebuild that model before
+        # Lightning loads its weights and, after this hook, builds the optimizer around it.
+        recorded = (checkpoint.get("hyper_parameters") or {}).get("model")
+        if recorded is not None and recorded != self.model.config.to_dict():
+            from lit_inheritune.surgery import model_from_config
+
+            self.replace_model(model_from_config(recorded).to(self.device))
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
 

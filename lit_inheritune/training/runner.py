@@ -1,8 +1,9 @@
-"""Fit one stage: one `Trainer.fit` in its own directory, resumable, ending in a result.json.
+"""Fits: one `Trainer.fit` in its own directory, resumable, ending in a result file.
 
-Every method is a sequence of stages (the reference and scratch runs are one stage; Inheritune's
-growth rounds and stacking are several). A stage whose result.json exists is done and is skipped,
-so rerunning a killed multi-stage job with resume=true picks up at the stage and step it reached.
+`fit_stage` trains one stage (the reference, a scratch run, a one-stage baseline) and writes its result.json.
+`fit_growth` trains the stages of a growing method (Inheritune's rounds, stacking) in one fit in the run
+directory, the GrowCallback growing the model between them (training/grow.py), and writes fit.json. A fit whose
+result file exists is done and is skipped; a killed one continues from its last checkpoint with resume=true.
 """
 
 from __future__ import annotations
@@ -24,28 +25,25 @@ from omegaconf import DictConfig, OmegaConf
 from lit_inheritune.errors import ConfigError
 from lit_inheritune.provenance import provenance
 from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
+from lit_inheritune.training.grow import GrowCallback, Growth, write_json_atomic
 from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir, fingerprint
 
 WANDB_ID_FILE = "wandb_run_id"
+FIT_FILE = "fit.json"  # a growing run's record that its fit finished (not result.json: the report reads those)
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _loggers(cfg: DictConfig, stage_dir: Path, stage: str, n_layer: int) -> list:
+def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides = {"save_dir": str(stage_dir)}
         if name == "wandb":
-            overrides["name"] = f"{cfg.run_name}/{stage}"
+            # one W&B run per stage, or per growing run (stage None: the stage is a logged metric)
+            overrides["name"] = f"{cfg.run_name}/{stage}" if stage else cfg.run_name
             # the stage's own depth: a sweep's runs differ in it, and the config's model is the reference
-            overrides["tags"] = [*logger_cfg.get("tags", []), f"{n_layer}L", stage]
+            overrides["tags"] = [*logger_cfg.get("tags", []), *([f"{n_layer}L", stage] if stage else ["growth"])]
             if logger_cfg.get("offline") is None:
                 overrides["offline"] = not os.environ.get("WANDB_API_KEY")
-            # one W&B run per stage, also across a kill and resume: the id is kept in the stage directory
+            # the same W&B run across a kill and resume: the id is kept in the fit's directory
             overrides["id"] = _wandb_run_id(stage_dir)
             overrides["resume"] = "allow"
         loggers.append(instantiate(logger_cfg, **overrides))
@@ -60,10 +58,16 @@ def _wandb_run_id(stage_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _callbacks(cfg: DictConfig, stage_dir: Path, stage: str) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, stage_dir: Path, stage: str, growing: bool = False) -> list[L.Callback]:
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if name == "grow":
+            continue  # built by fit_growth, with the recipe's growth
         overrides = {"dirpath": str(stage_dir / "checkpoints")} if name == "checkpoint" else {}
+        if name == "checkpoint" and growing:
+            # a "best" val loss across stages of different depths would name a model that was never scored: keep
+            # the latest only, as last.ckpt (Lightning writes save_last only beside a top-k file)
+            overrides.update(monitor=None, save_top_k=1, filename="last", save_last=False)
         if name == "weights_check":
             overrides = {"dirpath": str(stage_dir)}
         callbacks.append(instantiate(cb_cfg, **overrides))
@@ -86,14 +90,15 @@ def quiet_third_parties() -> None:
 
 def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
               stage_dir: Path, stage: str, identity: dict, max_steps: int | None = None,
-              header: str = "") -> dict:
-    """Train `module` in `stage_dir` and return its result (also written to stage_dir/result.json).
+              header: str = "", grow: GrowCallback | None = None) -> dict:
+    """Train `module` in `stage_dir` and return its result (also written to stage_dir/result.json, or with
+    `grow` to stage_dir/fit.json, listing the stages the GrowCallback ran).
 
     The stage directory is reused only when the identity it recorded equals `identity` (training/identity.py):
     a finished stage is skipped, a killed one continues from its last checkpoint with resume=true."""
     quiet_third_parties()
     stage_dir = Path(stage_dir)
-    result_path = stage_dir / "result.json"
+    result_path = stage_dir / (FIT_FILE if grow else "result.json")
     check_stage_dir(stage_dir, identity)
     steps = int(max_steps or cfg.train.max_steps)
     if result_path.exists():
@@ -107,17 +112,18 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
-    print(f"{header}, {steps} steps{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
+    length = f"{grow.growth.steps} steps" if grow else f"{steps} steps"
+    print(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage_dir / IDENTITY_FILE, identity)
     OmegaConf.save(cfg, stage_dir / "config.yaml", resolve=True)
     config_sha256 = hashlib.sha256((stage_dir / "config.yaml").read_bytes()).hexdigest()[:16]
 
-    callbacks = _callbacks(cfg, stage_dir, stage)
+    callbacks = _callbacks(cfg, stage_dir, stage, growing=grow is not None) + ([grow] if grow else [])
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        logger=_loggers(cfg, stage_dir, stage, module.model.config.n_layer) or False,
+        logger=_loggers(cfg, stage_dir, None if grow else stage, module.model.config.n_layer) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(stage_dir),
@@ -148,10 +154,66 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         "fingerprint": fingerprint(identity),
         "provenance": {**provenance(), "seed": int(cfg.seed), "config_sha256": config_sha256},
     }
+    if grow:
+        result["stages"] = [r["stage"] for r in grow.results]
     if trainer.is_global_zero:
         write_json_atomic(result_path, result)
     _finish_wandb(trainer)
     return result
+
+
+def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataModule, growth: Growth,
+               identity: dict, header) -> list[dict]:
+    """Train `growth`'s stages, starting from `model`, in one fit in the run directory; the results of the stages
+    it ran. `make_module(model, stage)` builds the LightningModule; `header(stage)` the stage's start line."""
+    run_dir = Path(cfg.run_dir)
+    growth.header = header
+    if _is_fsdp(cfg):
+        return _fit_per_stage(cfg, make_module, model, datamodule, growth, header)
+    fit_file = run_dir / FIT_FILE
+    check_stage_dir(run_dir, identity)
+    if fit_file.exists():
+        done = json.loads(fit_file.read_text())["stages"]
+        results = []
+        for stage in growth.stages:
+            if stage.name in done:
+                result = json.loads((Path(stage.dir) / "result.json").read_text())
+                result["last_checkpoint"] = str(Path(stage.dir) / "checkpoints" / "last.ckpt")
+                print(f"{header(stage)}: already done, val loss {result['val_loss']:.4f} ({stage.dir})", flush=True)
+                results.append(result)
+        return results
+    grow_cfg = (cfg.get("callbacks") or {}).get("grow")
+    # a partial, then called: Hydra would turn the Growth dataclass into a config if passed as a kwarg
+    callback = instantiate(grow_cfg, _partial_=True)(growth) if grow_cfg else GrowCallback(growth)
+    first = growth.stages[0]
+    fit_stage(cfg, make_module(model, first.name), datamodule, run_dir, stage=first.name, identity=identity,
+              max_steps=growth.max_steps, header=header(first), grow=callback)
+    return callback.results
+
+
+def _is_fsdp(cfg: DictConfig) -> bool:
+    strategy = cfg.trainer.get("strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    return "fsdp" in name.lower()
+
+
+def _fit_per_stage(cfg: DictConfig, make_module, model, datamodule, growth: Growth, header) -> list[dict]:
+    """FSDP restores a checkpoint only after wrapping the module, so a resumed fit could not grow before its
+    weights load: under FSDP every stage is its own fit in its own directory, and the recipe's growth decides."""
+    from lit_inheritune.surgery import gpt_from_checkpoint
+
+    results = []
+    for i, stage in enumerate(growth.stages):
+        if i:
+            L.seed_everything(growth.seeds[i], workers=True, verbose=False)
+            model = growth.grow(model, i)
+        result = fit_stage(cfg, make_module(model, stage.name), datamodule, stage.dir, stage=stage.name,
+                           identity=stage.identity, max_steps=growth.steps, header=header(stage))
+        results.append(result)
+        if growth.stop(result):
+            break
+        model = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
+    return results
 
 
 def _finish_wandb(trainer: L.Trainer) -> None:

@@ -1,0 +1,247 @@
+"""Growth inside one `Trainer.fit`: Algorithm 1's rounds and stacking's two stages as one run.
+
+The fit trains stage after stage, each `Growth.steps` optimizer steps long. At a stage's last step (a validation
+step: the checks require T to be a multiple of train.val_every_n_steps) the `GrowCallback`
+- scores the stage (its val loss) and writes the stage's directory as a one-stage run would: identity.json,
+  result.json, checkpoints/last.ckpt and csv/metrics.csv (its slice of the run's log, steps counted from the
+  stage's start), so the stage table, the report and the analysis read stages as before;
+- asks the recipe whether to stop (matched, deepest stage reached) and, if not, hands the module the recipe's
+  grown model with a fresh optimizer and LR schedule (the paper), or, with `carry_optimizer`, the AdamW state of
+  every parameter that survives the growth.
+
+The run's checkpoint records the model's config, so a fit killed in any stage resumes at its depth:
+`CausalLM.on_load_checkpoint` rebuilds the module at that depth before Lightning loads the weights and the
+optimizer, and this callback's state (which stage, the results so far) comes back with it.
+
+DDP: the wrapper and the optimizer are rebuilt around the grown module, and every rank's weights are compared
+after each growth (each rank runs the surgery itself). FSDP restores a checkpoint only after wrapping the module,
+so a resumed FSDP run could not grow before its weights load: FSDP runs one fit per stage instead
+(`Growth.per_stage_fits`), with the same recipe deciding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lit_inheritune.provenance import provenance
+from lit_inheritune.training.identity import IDENTITY_FILE, fingerprint
+
+
+@dataclass
+class Growth:
+    """What the callback needs from a recipe: the stages the fit may run (each with .name, .dir, .identity,
+    .init), their length, how to build the next stage's model from the trained one, and when to stop."""
+
+    stages: list
+    steps: int
+    grow: Callable[[torch.nn.Module, int], torch.nn.Module]  # (trained model, next stage's index) -> its model
+    stop: Callable[[dict], bool]  # a finished stage's result -> end the fit here?
+    seeds: list[int]  # the global seed set before each stage's surgery (its random parts)
+    describe: Callable[[dict], str] = lambda result: ""  # the end-of-stage line's verdict
+    carry_optimizer: bool = False
+    name: str = ""  # the experiment, for the printed lines
+    header: Callable = lambda stage: stage.name  # a stage's start line (the recipe numbers them)
+
+    @property
+    def max_steps(self) -> int:
+        return self.steps * len(self.stages)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class GrowCallback(L.Callback):
+    """Runs `growth`'s stages inside one fit; see the module docstring."""
+
+    def __init__(self, growth: Growth):
+        self.growth = growth
+        self.index = 0  # the stage being trained
+        self.results: list[dict] = []
+        self.stopped = False  # the recipe ended the fit (a resumed fit must not train on)
+        self._stage_clock: tuple[float, float, int] | None = None  # (wall start, train seconds, tokens) at start
+
+    # -- state that a resumed fit needs: which stage, and what the finished ones scored
+    def state_dict(self) -> dict:
+        return {"index": self.index, "results": self.results, "stopped": self.stopped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.index, self.results = int(state_dict["index"]), list(state_dict["results"])
+        self.stopped = bool(state_dict["stopped"])
+
+    @property
+    def stage_start(self) -> int:
+        return self.index * self.growth.steps
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.stopped:  # killed after the last stage's result, before the fit's
+            trainer.should_stop = True
+        elif self.index:  # resumed in a later stage: say which
+            print(f"{self.growth.header(self.growth.stages[self.index])}, resumed at its step "
+                  f"{trainer.global_step - self.stage_start} of {self.growth.steps}", flush=True)
+        pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name
+        self._mark_start(trainer)
+        self._update_bar(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.log("train/stage", float(self.index + 1))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.global_step != self.stage_start + self.growth.steps:
+            return
+        result = self._finish_stage(trainer, pl_module)
+        verdict = self.growth.describe(result)
+        print(f"[{self.growth.name}] {result['stage']}: val loss {result['val_loss']:.4f}"
+              f"{': ' + verdict if verdict else ''}", flush=True)
+        if self.growth.stop(result) or self.index + 1 == len(self.growth.stages):
+            self.stopped = trainer.should_stop = True
+            return
+        self.index += 1
+        L.seed_everything(self.growth.seeds[self.index], workers=True, verbose=False)  # surgery's random parts
+        grown = self.growth.grow(pl_module.model, self.index)
+        self._install(trainer, pl_module, grown)
+        print(f"{self.growth.header(self.growth.stages[self.index])}, {self.growth.steps} steps", flush=True)
+        self._mark_start(trainer)
+        self._update_bar(trainer)
+
+    # -- a finished stage: its directory as a one-stage run would leave it
+    def _finish_stage(self, trainer, pl_module) -> dict:
+        stage = self.growth.stages[self.index]
+        stage_dir = Path(stage.dir)
+        if trainer.is_global_zero:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(stage_dir / IDENTITY_FILE, stage.identity)
+        ckpt = stage_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(ckpt)  # every rank calls it; rank 0 writes (atomically)
+        _check_ranks(trainer, pl_module, stage_dir, "ranks")
+        wall0, secs0, tokens0 = self._stage_clock or (time.time(), 0.0, 0)
+        speed = _speed(trainer)
+        secs = (speed.train_seconds if speed else 0.0) - secs0
+        tokens_seen = (speed.train_tokens if speed else 0) - tokens0
+        val_loss = float(trainer.callback_metrics["val/loss"])
+        model = pl_module.model
+        tokens = self.growth.steps * trainer.datamodule.tokens_per_step * trainer.accumulate_grad_batches \
+            * trainer.world_size
+        result = {
+            "stage": stage.name,
+            "n_layer": model.config.n_layer,
+            "params": model.num_params(),
+            "steps": self.growth.steps,
+            "tokens": tokens,
+            "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 50.0)),
+            "tokens_per_sec": tokens_seen / secs if secs else float("nan"),
+            "train_seconds": secs,
+            "wall_seconds": time.time() - wall0,
+            "last_checkpoint": str(ckpt),
+            "best_checkpoint": "",
+            "fingerprint": fingerprint(stage.identity),
+            "provenance": {**provenance(), "seed": int(stage.identity["seed"])},
+        }
+        if trainer.is_global_zero:
+            _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps)
+            run_config = Path(trainer.default_root_dir) / "config.yaml"
+            if run_config.is_file():  # beside the stage's checkpoint, where evaluate/export look for the data
+                shutil.copyfile(run_config, stage_dir / "config.yaml")
+            write_json_atomic(stage_dir / "result.json", result)
+        self.results.append(result)
+        return result
+
+    def _install(self, trainer, pl_module, model: torch.nn.Module) -> None:
+        """Give the module the grown model: a new optimizer and schedule, and under DDP a new wrapper."""
+        old_optimizer = trainer.optimizers[0]
+        old_names = {id(p): n for n, p in pl_module.model.named_parameters()}
+        pl_module.replace_model(model.to(pl_module.device))
+        pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name
+        strategy = trainer.strategy
+        strategy.precision_plugin.convert_module(pl_module)  # as Lightning's setup did for the first model
+        from lightning.pytorch.strategies import DDPStrategy
+
+        if isinstance(strategy, DDPStrategy):
+            strategy.model = pl_module
+            strategy.configure_ddp()
+        strategy.setup_optimizers(trainer)
+        if self.growth.carry_optimizer:
+            carry_adam_state(old_optimizer, old_names, trainer.optimizers[0], dict(pl_module.model.named_parameters()))
+        _check_ranks(trainer, pl_module, Path(self.growth.stages[self.index].dir), "built")
+
+    def _mark_start(self, trainer) -> None:
+        speed = _speed(trainer)
+        self._stage_clock = (time.time(), speed.train_seconds if speed else 0.0, speed.train_tokens if speed else 0)
+
+    def _update_bar(self, trainer) -> None:
+        from lit_inheritune.training.callbacks import StageProgressBar
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, StageProgressBar):
+                cb.set_stage(self.growth.stages[self.index].name, self.stage_start, self.growth.steps)
+
+
+def carry_adam_state(old: torch.optim.Optimizer, old_names: dict[int, str], new: torch.optim.Optimizer,
+                     new_params: dict[str, torch.nn.Parameter]) -> int:
+    """Copy AdamW's per-parameter state (step, exp_avg, exp_avg_sq) from `old` to `new` for every parameter whose
+    name and shape survive the growth (append keeps the trained model's names). Returns how many were carried."""
+    by_name = {old_names[id(p)]: old.state[p] for group in old.param_groups for p in group["params"]
+               if p in old.state and id(p) in old_names}
+    carried = 0
+    for group in new.param_groups:
+        for p in group["params"]:
+            name = next((n for n, q in new_params.items() if q is p), None)
+            state = by_name.get(name)
+            if state and state["exp_avg"].shape == p.shape:
+                new.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                carried += 1
+    return carried
+
+
+def _speed(trainer):
+    from lit_inheritune.training.callbacks import SpeedMonitor
+
+    return next((c for c in trainer.callbacks if isinstance(c, SpeedMonitor)), None)
+
+
+def _check_ranks(trainer, pl_module, stage_dir: Path, when: str) -> None:
+    from lit_inheritune.training.callbacks import RankConsistencyCheck
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, RankConsistencyCheck):
+            cb.compare(trainer, pl_module, when, stage_dir)
+
+
+def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int) -> None:
+    """The stage's rows of the run's CSV log, steps counted from the stage's start (as its own run would log)."""
+    from lit_inheritune.training.callbacks import ResumableCSVLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, ResumableCSVLogger):
+            continue
+        logger.save()
+        path = Path(logger.experiment.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = [{**r, "step": int(r["step"]) - start} for r in reader if int(r["step"]) >= start]
+        rows = [r for r in rows if r["step"] < stage_steps]
+        out = stage_dir / "csv" / "metrics.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out)

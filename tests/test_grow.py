@@ -1,0 +1,194 @@
+"""Growth inside one fit (training/grow.py) and methods built by Hydra (methods.py)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from lit_inheritune.config import compose
+from lit_inheritune.errors import ConfigError
+from lit_inheritune.methods import FromReference, derived_stage, random_model, reference_identity
+from lit_inheritune.run import run
+from lit_inheritune.training import grow, runner
+
+
+def _cfg(tmp_path, data_dir, *extra):
+    return compose([*TINY, "method=inheritune", "model.n_layer=4", "method.n_layer=2", "method.grow_by=1",
+                    "method.max_layers=3", "method.tolerance=-100", "train.max_steps=10",
+                    "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}", f"data.data_dir={data_dir}", *extra])
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_carry_optimizer_keeps_the_adamw_state_of_every_surviving_parameter(tmp_path, fixture_data_dir, monkeypatch,
+                                                                           carry):
+    """append growth: with method.carry_optimizer=true the new optimizer holds exactly the moments (and step
+    counts) the old one had for round 1's parameters, and none for the appended block; without it, none at all.
+    The LR schedule restarts either way."""
+    seen = {}
+    install = grow.GrowCallback._install
+
+    def spy(self, trainer, pl_module, model):
+        old = trainer.optimizers[0]
+        seen["before"] = {n: {k: v.clone() for k, v in old.state[p].items()}
+                          for n, p in pl_module.model.named_parameters() if p in old.state}
+        install(self, trainer, pl_module, model)
+        new = trainer.optimizers[0]
+        seen["after"] = {n: {k: v.clone() for k, v in new.state[p].items()}
+                         for n, p in pl_module.model.named_parameters() if p in new.state}
+        seen["names"] = [n for n, _ in pl_module.model.named_parameters()]
+        seen["lr"] = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+
+    monkeypatch.setattr(grow.GrowCallback, "_install", spy)
+    cfg = _cfg(tmp_path, fixture_data_dir, "method.grow_mode=append", f"method.carry_optimizer={str(carry).lower()}")
+    results = run(cfg)
+    assert [r["n_layer"] for r in results] == [2, 3]
+    assert Path(cfg.run_dir).name == f"inheritune-n2-block-append{'-carry' if carry else ''}-s1"
+    before, after = seen["before"], seen["after"]
+    survivors = [n for n in seen["names"] if not n.startswith("transformer.h.2.")]
+    assert sorted(before) == sorted(survivors)  # every parameter of round 1 had taken its 10 steps
+    assert all(torch.equal(s["step"], torch.tensor(10.0)) for s in before.values())
+    assert seen["lr"] == 0  # a fresh schedule for the new round
+    if not carry:
+        assert after == {}
+        return
+    assert set(after) == set(before)  # round 1's parameters, under the same names
+    assert not any(n.startswith("transformer.h.2.") for n in after) and "transformer.h.2.attn.c_attn.weight" in seen["names"]
+    for name, state in before.items():
+        assert set(after[name]) == set(state)
+        for key, value in state.items():
+            assert torch.equal(after[name][key], value), (name, key)
+
+
+def test_carry_optimizer_with_reinherit_is_refused(tmp_path, fixture_data_dir):
+    with pytest.raises(ConfigError, match="only method.grow_mode=append keeps any"):
+        run(_cfg(tmp_path, fixture_data_dir, "method.carry_optimizer=true"))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_growth_needs_stages_that_end_on_a_validation(tmp_path, fixture_data_dir):
+    with pytest.raises(ConfigError, match="10 steps is not a multiple of train.val_every_n_steps=4"):
+        run(_cfg(tmp_path, fixture_data_dir, "train.val_every_n_steps=4"))
+
+
+def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path, fixture_data_dir, monkeypatch):
+    """Rounds 1 and 2 log to one W&B run (and one CSV), also across a kill in round 2 and a resume; the stage
+    number is a logged metric; no stage directory starts a W&B run of its own."""
+    pytest.importorskip("wandb")
+    import csv
+
+    import wandb
+
+    class KillInRoundTwo(runner.L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step == 15:
+                raise RuntimeError("simulated kill")
+
+    cfg = _cfg(tmp_path, fixture_data_dir, "logger=default", "name=wb", "train.val_every_n_steps=5", "resume=true")
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks",
+                        lambda *a, **k: [*original(*a, **k), *([KillInRoundTwo()] if k.get("growing") else [])])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
+    wandb.finish()  # the killed process would have taken its run with it
+    monkeypatch.setattr(runner, "_callbacks", original)
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    ids = {re.match(r"offline-run-\d+_\d+-([0-9a-z]+)", p.name).group(1) for p in runs}  # a same-second rerun adds -1
+    assert ids == {(run_dir / runner.WANDB_ID_FILE).read_text().strip()} and len(runs) == 2  # killed + resumed
+    for stage in ("round1-L2", "round2-L3"):
+        assert not (run_dir / stage / "wandb").exists() and not (run_dir / stage / runner.WANDB_ID_FILE).exists()
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        stages = {int(r["step"]): float(r["train/stage"]) for r in csv.DictReader(f) if r.get("train/stage")}
+    assert stages[4] == 1.0 and stages[14] == 2.0 and set(stages.values()) == {1.0, 2.0}
+
+
+# -- a method added by a config file and a class alone (no edit to the runner)
+
+class EmbeddingOnly(FromReference):
+    """A control CPU_SCALE.md asks for: a random-init n-layer model that inherits only the reference's token
+    embedding, trained T steps."""
+
+    def stage(self, cfg):
+        n = int(cfg.method.n_layer)
+        return derived_stage(cfg, f"embedding-L{n}", n, "embedding_only", "the reference's token embedding only",
+                             reference=reference_identity(cfg))
+
+    def build(self, cfg, reference):
+        model = random_model(cfg, int(cfg.method.n_layer))
+        model.transformer.wte.weight.data.copy_(reference.transformer.wte.weight.data)
+        return model
+
+
+METHOD_YAML = """\
+_target_: test_grow.EmbeddingOnly
+name: embedding_only
+n_layer: 2
+reference:
+  ckpt: null
+  max_steps: ${train.max_steps}
+  seed: ${seed}
+tag: embedding_only-L${method.n_layer}
+"""
+
+
+def test_a_new_method_is_a_config_file_and_a_class(tmp_path, fixture_data_dir):
+    conf = tmp_path / "conf"
+    (conf / "method").mkdir(parents=True)
+    (conf / "method" / "embedding_only.yaml").write_text(METHOD_YAML)
+    cmd = [sys.executable, "-m", "lit_inheritune", f"hydra.searchpath=[file://{conf}]", "method=embedding_only",
+           *TINY, "model.n_layer=4", "train.max_steps=10", "train.val_every_n_steps=10",
+           f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=new"]
+    tests_dir = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[new] stage 2 of 2: embedding-L2 (the reference's token embedding only), 10 steps" in out.stdout
+    stage = tmp_path / "outputs" / "new" / "embedding_only-L2-s1" / "embedding-L2"
+    from lit_inheritune.surgery import gpt_from_checkpoint
+
+    trained = gpt_from_checkpoint(stage / "checkpoints" / "last.ckpt")
+    reference = gpt_from_checkpoint(tmp_path / "outputs" / "new" / "scratch-L4-T10-s1" / "checkpoints" / "last.ckpt")
+    assert trained.config.n_layer == 2 and reference.config.n_layer == 4
+    # trained 10 steps from the reference's embedding: close to it, not equal (a random embedding is far)
+    assert 0 < (trained.transformer.wte.weight - reference.transformer.wte.weight).abs().max() < 0.1
+
+
+def test_a_method_target_that_cannot_be_imported_is_one_clear_error(tmp_path, fixture_data_dir):
+    with pytest.raises(ConfigError, match=r"method._target_='nowhere.Recipe' cannot be imported"):
+        run(_cfg(tmp_path, fixture_data_dir, "method._target_=nowhere.Recipe"))
+
+
+def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_path, fixture_data_dir,
+                                                                            initial_models):
+    """What growing inside one fit changes against the one-fit-per-round runner, to the last bit: only which
+    batches round 2 sees (micro-batches T..2T-1 of the seed's stream instead of 0..T-1). Round 2 trained as a
+    fit of its own from the same starting model on those batches ends with the same weights."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lit_inheritune.methods import _optim
+    from lit_inheritune.training.lm import CausalLM
+
+    cfg = _cfg(tmp_path, fixture_data_dir)
+    _, round2 = run(cfg)
+
+    class FromStepT(type(instantiate(cfg.data))):
+        def train_dataloader(self):
+            loader = super().train_dataloader()
+            loader.dataset.start += int(cfg.train.max_steps)
+            return loader
+
+    datamodule = FromStepT(**{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+                              if k != "_target_"})
+    module = CausalLM(initial_models["round2-L3"], _optim(cfg, cfg.train.max_steps), {"stage": "alone"})
+    alone = runner.fit_stage(cfg, module, datamodule, tmp_path / "alone", stage="alone", identity={"alone": 1},
+                             max_steps=int(cfg.train.max_steps))
+    assert alone["val_loss"] == round2["val_loss"]
+    mine, theirs = (torch.load(r["last_checkpoint"], weights_only=True)["state_dict"] for r in (alone, round2))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
