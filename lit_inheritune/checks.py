@@ -7,8 +7,10 @@ checksums; and that checkpoints this run would resume from can be read.
 Hydra callback (hydra.callbacks in config.yaml) calls them before Hydra creates the run directory, and for a
 sweep on every job's config before the first job starts.
 
-Types and key names are checked earlier still, while the config is composed (lit_inheritune/schema.py). This
-module imports neither torch nor Lightning unless a checkpoint has to be read.
+Types and key names are checked earlier still, while the config is composed (lit_inheritune/schema.py). What a
+model family allows (which methods, how its blocks are inherited) comes from its registration in the model-family
+interface (lit_inheritune/models/__init__.py). This module imports neither torch nor Lightning unless a checkpoint
+has to be read.
 """
 
 from __future__ import annotations
@@ -22,23 +24,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_inheritune.errors import CheckpointError, ConfigError, cli_errors
+from lit_inheritune.models import checkpoint_shape, family_of
 
-HF_MODEL = "lit_inheritune.hf.HFModelSpec"
-HF_METHODS = ("inheritune", "scratch")  # what model=hf (a pretrained Hugging Face reference) supports
-# Methods that start from the reference (method.reference: trained here, loaded from ckpt, or model=hf)
+# Methods that start from the reference (method.reference: trained here, loaded from ckpt, or pretrained)
 REFERENCE_METHODS = ("inheritune", "hybrid_stacking", "half_width", "kd", "distilbert_kd")
-BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # surgery.BLOCK_PARTS (tests compare the two)
+BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # models.gpt.BLOCK_PARTS (tests compare the two)
 GROW_MODES = ("append", "reinherit")
-ATTN_SCALES = ("position", "source")  # surgery.ATTN_SCALES
-# Shape fields a reference checkpoint must share with `model` (the config describes the reference).
-SHAPE = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "scale_attn_by_inverse_layer_idx")
-HF_SHAPE = {"n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
-            "vocab_size": "vocab_size"}
-
-
-def is_hf(cfg: DictConfig) -> bool:
-    """`model=hf`: the reference is a pretrained Hugging Face model (lit_inheritune/hf.py), not our GPT."""
-    return cfg.model.get("_target_") == HF_MODEL
+ATTN_SCALES = ("position", "source")  # models.ATTN_SCALES
 
 
 def distilbert_blocks(n_teacher: int, n_student: int) -> list[int]:
@@ -102,7 +94,8 @@ def check_model(cfg: DictConfig) -> None:
 
 
 def _trains_reference(cfg: DictConfig) -> bool:
-    return cfg.method.name in REFERENCE_METHODS and not cfg.method.reference.ckpt and not is_hf(cfg)
+    return (cfg.method.name in REFERENCE_METHODS and not cfg.method.reference.ckpt
+            and not family_of(cfg.model).pretrained)
 
 
 def _check_reference_steps(cfg: DictConfig) -> None:
@@ -140,13 +133,14 @@ def _check_inheritune(cfg: DictConfig) -> None:
     _check_reference_steps(cfg)
     for steps in m.scratch_baselines or []:
         check_steps(cfg, "method.scratch_baselines", steps)
-    if is_hf(cfg) and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
-        raise ConfigError("a Hugging Face reference is inherited as the official lit-gpt code did (whole layers, "
+    family = family_of(cfg.model)
+    if family.inherits_whole and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
+        raise ConfigError(f"a {family.title} reference is inherited as the official lit-gpt code did (whole layers, "
                           "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
                           "and method.copy_ln_f=true")
-    if is_hf(cfg) and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
-        raise ConfigError("a Hugging Face GPT-2 scales attention by each layer's position; method.attn_scale=source "
-                          "cannot be expressed there (use method.attn_scale=position)")
+    if not family.keeps_source_scale and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
+        raise ConfigError(f"a {family.title} model scales attention by each layer's position (e.g. GPT-2); "
+                          "method.attn_scale=source cannot be expressed there (use method.attn_scale=position)")
 
 
 def _check_stacking(cfg: DictConfig) -> None:
@@ -203,9 +197,10 @@ def check_method(cfg: DictConfig) -> None:
     m = cfg.method
     if m.name not in METHOD_CHECKS:
         raise ConfigError(f"unknown method.name={m.name!r}; known: {', '.join(METHOD_CHECKS)}")
-    if is_hf(cfg) and m.name not in HF_METHODS:
-        raise ConfigError(f"method {m.name!r} supports our GPT models only; with model=hf use one of "
-                          f"{', '.join(HF_METHODS)}")
+    family = family_of(cfg.model)
+    if family.methods is not None and m.name not in family.methods:
+        raise ConfigError(f"method {m.name!r} does not support {family.title} models; with this model use one of "
+                          f"{', '.join(family.methods)}")
     if m.attn_scale is not None and m.attn_scale not in ATTN_SCALES:
         raise ConfigError(f"method.attn_scale={m.attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
     METHOD_CHECKS[m.name](cfg)
@@ -241,14 +236,6 @@ def checkpoint_config(path: str | Path) -> dict:
     return model
 
 
-def checkpoint_shape(model_hparams: dict) -> dict:
-    """n_layer, n_head, ... of a checkpoint's model hyper-parameters, ours or a Hugging Face model's."""
-    if model_hparams.get("kind") == "hf":
-        hf = model_hparams.get("hf_config", {})
-        return {ours: hf.get(theirs) for ours, theirs in HF_SHAPE.items()}
-    return {key: model_hparams.get(key) for key in SHAPE}
-
-
 def check_reference_checkpoint(cfg: DictConfig) -> None:
     """A given reference checkpoint has the depth and width the config describes (`model` is the reference),
     so targets, growth and baselines are sized against the model that is actually loaded."""
@@ -258,11 +245,10 @@ def check_reference_checkpoint(cfg: DictConfig) -> None:
     if not path.is_file():
         raise ConfigError(f"method.reference.ckpt={path}: no such file")
     hparams = checkpoint_config(path)
-    if (hparams.get("kind") == "hf") != is_hf(cfg):
-        theirs = "a Hugging Face model" if hparams.get("kind") == "hf" else "one of our GPTs"
-        ours = "model=hf" if is_hf(cfg) else "one of our GPTs"
-        raise ConfigError(f"method.reference.ckpt={path} holds {theirs} but the config's model is {ours}; choose "
-                          "the model config the checkpoint was trained with")
+    theirs, ours = family_of(hparams), family_of(cfg.model)
+    if theirs is not ours:
+        raise ConfigError(f"method.reference.ckpt={path} holds a {theirs.title} model but the config's model is a "
+                          f"{ours.title} model; choose the model config the checkpoint was trained with")
     shape = checkpoint_shape(hparams)
     differ = {key: value for key, value in shape.items() if value is not None and value != cfg.model[key]}
     if differ:

@@ -16,21 +16,13 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from lit_inheritune.checks import distilbert_blocks, preflight
-from lit_inheritune.checks import is_hf as _is_hf
 from lit_inheritune.errors import ConfigError
-from lit_inheritune.model import GPT
+from lit_inheritune.models import check_same_family, family_of, load_checkpoint
 from lit_inheritune.provenance import provenance
-from lit_inheritune.surgery import (
-    check_same_family,
-    gpt_from_checkpoint,
-    grow,
-    half_width,
-    hybrid_stack,
-    inherit_blocks,
-    stack_blocks,
-)
+from lit_inheritune.surgery import half_width, hybrid_stack, inherit_blocks, stack_blocks
 from lit_inheritune.training.identity import check_stage_dir, method_identity, stage_identity
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
@@ -80,10 +72,7 @@ def train_scratch(cfg: DictConfig, datamodule, stage: Stage, n_layer: int, steps
         datamodule = instantiate(cfg.data, seed=seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = instantiate(cfg.model, n_layer=n_layer)
-    if _is_hf(cfg):  # a random-init model of the reference's architecture
-        module = CausalLM(model_cfg.random(), _optim(cfg, steps), _meta(cfg, stage.name))
-    else:
-        module = CausalLM.from_config(model_cfg, _optim(cfg, steps), _meta(cfg, stage.name))
+    module = CausalLM(family_of(cfg.model).random(model_cfg), _optim(cfg, steps), _meta(cfg, stage.name))
     return fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity,
                      max_steps=steps, header=header)
 
@@ -97,7 +86,7 @@ def reference_dir(cfg: DictConfig) -> Path:
 def reference_stage(cfg: DictConfig) -> Stage | None:
     """The reference's training stage, or None when the reference is given (a checkpoint, a pretrained model)."""
     ref = cfg.method.reference
-    if ref.ckpt or _is_hf(cfg):
+    if ref.ckpt or family_of(cfg.model).pretrained:
         return None
     return scratch_stage(cfg, cfg.model.n_layer, int(ref.max_steps), "reference", int(ref.seed))
 
@@ -122,20 +111,21 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def obtain_reference(cfg: DictConfig, datamodule, header: str = "") -> tuple[GPT, dict | None]:
+def obtain_reference(cfg: DictConfig, datamodule, header: str = "") -> tuple[nn.Module, dict | None]:
     """The trained reference model and its result (None for a given checkpoint, whose val loss is
     measured on this experiment's val windows by the caller)."""
     ref_cfg = cfg.method.reference
     if ref_cfg.ckpt:
-        reference = gpt_from_checkpoint(ref_cfg.ckpt)
+        reference = load_checkpoint(ref_cfg.ckpt)
         check_same_family(instantiate(cfg.model), reference.config, what=f"reference checkpoint {ref_cfg.ckpt}")
         return reference, None
-    if _is_hf(cfg):  # a pretrained model: loaded, never trained here
-        return instantiate(cfg.model).load(), None
+    family = family_of(cfg.model)
+    if family.pretrained:  # a pretrained model: loaded, never trained here
+        return family.load(instantiate(cfg.model)), None
     steps = int(ref_cfg.max_steps)
     result = train_scratch(cfg, datamodule, reference_stage(cfg), cfg.model.n_layer, steps, seed=int(ref_cfg.seed),
                            header=header)
-    return gpt_from_checkpoint(result["last_checkpoint"]), result
+    return load_checkpoint(result["last_checkpoint"]), result
 
 
 def _derived(cfg: DictConfig, name: str, n_layer: int, kind: str, init: str, model: dict | None = None,
@@ -178,17 +168,13 @@ def plan_inheritune(cfg: DictConfig) -> tuple[list[Stage], dict[int, list[Stage]
 
 
 def _surgery(cfg: DictConfig):
-    """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)) for the configured model: surgery.py
-    for our GPT, hf.py for Hugging Face models (whose targets train in float32 whatever the reference's dtype)."""
+    """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)) for the configured model: its model
+    family's surgery (targets train in float32 whatever the reference's dtype)."""
     m = cfg.method
-    if _is_hf(cfg):
-        from lit_inheritune.hf import grow_hf, inherit_hf_layers
-
-        return (lambda ref, n, blocks: inherit_hf_layers(ref, n_layer=n, blocks=blocks).float(),
-                lambda tgt, ref, n_new: grow_hf(tgt, ref, n_new=n_new, mode=m.grow_mode).float())
+    family = family_of(cfg.model)
     kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f, attn_scale=m.attn_scale)
-    return (lambda ref, n, blocks: inherit_blocks(ref, n_layer=n, blocks=blocks, **kwargs),
-            lambda tgt, ref, n_new: grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
+    return (lambda ref, n, blocks: family.inherit(ref, n_layer=n, blocks=blocks, **kwargs),
+            lambda tgt, ref, n_new: family.grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
 
 
 class _Headers:
@@ -278,7 +264,7 @@ def run_inheritune(cfg: DictConfig, datamodule) -> list[dict]:
               f"{ref_result['val_loss']:.4f}: {'matched' if result['matched'] else 'not matched'}", flush=True)
         if result["matched"]:
             break
-        target = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
+        target = load_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
     final = results[-1]["n_layer"]
     reference_dir_ = reference_stage(cfg).dir if reference_stage(cfg) else None
     scratch = [  # same-size random init, e.g. [T, 2T] as in Table 1
@@ -301,7 +287,7 @@ def _judge(result: dict, ref: dict, m: DictConfig) -> dict:
     return {**result, "reference_val_loss": ref["val_loss"], "matched": result["val_loss"] <= ref["val_loss"] + m.tolerance}
 
 
-def _measure(cfg: DictConfig, model: GPT, datamodule) -> dict:
+def _measure(cfg: DictConfig, model: nn.Module, datamodule) -> dict:
     """Val loss of a given model on this experiment's val windows (no training)."""
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False)
@@ -329,7 +315,7 @@ def write_stage_table(cfg: DictConfig, ref: dict, results: list[dict]) -> str:
     return table
 
 
-def _train_from(cfg: DictConfig, datamodule, model: GPT, stage: Stage, header: str) -> dict:
+def _train_from(cfg: DictConfig, datamodule, model: nn.Module, stage: Stage, header: str) -> dict:
     """Train an initialised model for train.max_steps in its stage directory, with a fresh schedule."""
     module = CausalLM(model, _optim(cfg, cfg.train.max_steps), _meta(cfg, stage.name))
     return fit_stage(cfg, module, datamodule, stage.dir, stage=stage.name, identity=stage.identity, header=header)
@@ -343,7 +329,7 @@ def run_stacking(cfg: DictConfig, datamodule) -> list[dict]:
     headers = _Headers(cfg, stages)
     first = train_scratch(cfg, datamodule, first_stage, n // 2, cfg.train.max_steps, header=headers(first_stage))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    stacked = stack_blocks(gpt_from_checkpoint(first["last_checkpoint"]), attn_scale=cfg.method.attn_scale)
+    stacked = stack_blocks(load_checkpoint(first["last_checkpoint"]), attn_scale=cfg.method.attn_scale)
     return [first, _train_from(cfg, datamodule, stacked, second_stage, headers(second_stage))]
 
 
@@ -390,7 +376,7 @@ def run_kd(cfg: DictConfig, datamodule) -> list[dict]:
     teacher, _ = obtain_reference(cfg, datamodule, header=_ref_header(cfg, headers))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     student = (inherit_blocks(teacher, blocks=blocks, attn_scale=m.attn_scale) if blocks
-               else GPT(instantiate(cfg.model, n_layer=n)))
+               else family_of(cfg.model).random(instantiate(cfg.model, n_layer=n)))
     stage = stages[-1]
     optim = _optim(cfg, cfg.train.max_steps)
     if m.min_lr is not None:  # the student's own floor; cfg.optim is also the teacher's

@@ -18,8 +18,8 @@ def _fields(cls) -> set[str]:
 def test_schemas_have_the_fields_of_what_they_instantiate():
     from lit_inheritune.data.datamodule import TokenDataModule
     from lit_inheritune.data.prepare import prepare
-    from lit_inheritune.hf import HFModelSpec
-    from lit_inheritune.model import GPTConfig
+    from lit_inheritune.models.gpt import GPTConfig
+    from lit_inheritune.models.hf import HFModelSpec
     from lit_inheritune.training.optim import OptimConfig
 
     assert _fields(schema.GPTModelSchema) == _fields(GPTConfig) | {"_target_"}
@@ -30,8 +30,9 @@ def test_schemas_have_the_fields_of_what_they_instantiate():
 
 
 def test_checks_know_the_methods_and_parts_the_code_has():
+    from lit_inheritune.models import ATTN_SCALES
+    from lit_inheritune.models.gpt import BLOCK_PARTS
     from lit_inheritune.run import METHODS
-    from lit_inheritune.surgery import ATTN_SCALES, BLOCK_PARTS
 
     assert set(checks.METHOD_CHECKS) == set(METHODS)
     assert checks.BLOCK_PARTS == tuple(BLOCK_PARTS)

@@ -10,9 +10,9 @@ from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models import load_checkpoint
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.run import reference_dir, run, scratch_dir
-from lit_inheritune.surgery import gpt_from_checkpoint
 from lit_inheritune.training import runner
 
 
@@ -46,7 +46,7 @@ def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fix
     stamps = (ref_result.stat().st_mtime_ns, round1.stat().st_mtime_ns)
 
     # The round-1 target is the reference's first two blocks, trained.
-    reference = gpt_from_checkpoint(json.loads(ref_result.read_text())["last_checkpoint"])
+    reference = load_checkpoint(json.loads(ref_result.read_text())["last_checkpoint"])
     assert reference.config.n_layer == 4
 
     results = run(_cfg(tmp_path, fixture_data_dir, "resume=true"))
@@ -57,7 +57,7 @@ def test_two_stage_run_grows_and_resumes_after_kill_between_stages(tmp_path, fix
     table = (run_dir / "stages.md").read_text()
     assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
 
-    assert gpt_from_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
+    assert load_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
 
 
 def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir):
@@ -180,7 +180,7 @@ def test_round_one_starts_from_the_reference_as_configured(tmp_path, fixture_dat
     embedding, wpe / ln_f only when asked, and a fresh init everywhere else; method.* reaches the surgery."""
     cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "train.max_steps=10", *overrides)
     run(cfg)
-    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     start, fresh = initial_models["round1-L2"], _fresh(reference, 2, cfg.seed)
     assert torch.equal(start.transformer.wte.weight, reference.transformer.wte.weight)
     for name, copied in (("wpe", copy_wpe), ("ln_f", copy_ln_f)):
@@ -205,8 +205,8 @@ def test_growth_round_starts_from_the_reference_or_the_trained_target(tmp_path, 
     model (blocks, embeddings, final norm) with reference block 2 appended."""
     cfg = _cfg(tmp_path, fixture_data_dir, f"method.grow_mode={grow_mode}", "train.max_steps=10")
     first, _ = run(cfg)
-    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
-    trained = gpt_from_checkpoint(first["last_checkpoint"])
+    reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    trained = load_checkpoint(first["last_checkpoint"])
     start = initial_models["round2-L3"]
     assert not _same(trained.transformer.h[0], reference.transformer.h[0])  # round 1 moved away from its source
     if grow_mode == "reinherit":

@@ -6,24 +6,27 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models import config_dict, family_of
 from lit_inheritune.training.optim import OptimConfig, build_optimizer
 
 
 class CausalLM(L.LightningModule):
-    def __init__(self, model: GPT, optim: OptimConfig, meta: dict | None = None):
+    """Trains a model of any family (lit_inheritune/models): forward(idx, targets) -> {"logits", "loss", ...}."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, meta: dict | None = None):
         super().__init__()
         self.model = model
         self.optim = optim
         self.val_loss = MeanMetric()  # not persistent: checkpoints hold only the model
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
-            {"model": model.config.to_dict(), "optim": vars(optim).copy(), "meta": dict(meta or {})}
+            {"model": config_dict(model), "optim": vars(optim).copy(), "meta": dict(meta or {})}
         )
 
     @classmethod
-    def from_config(cls, model: GPTConfig, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
-        return cls(GPT(model), optim, meta)
+    def from_config(cls, model, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
+        """A randomly initialised model of the instantiated model config `model`, of its family."""
+        return cls(family_of(model).random(model), optim, meta)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
