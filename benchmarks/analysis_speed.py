@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lit_inheritune.analysis import DEFAULT_TAUS, measure_attention
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.provenance import provenance
 
 

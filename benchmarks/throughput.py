@@ -24,7 +24,7 @@ import torch
 
 from lit_inheritune.config import compose
 from lit_inheritune.data.datamodule import TrainWindows
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.provenance import provenance
 from lit_inheritune.training.callbacks import SpeedMonitor
 from lit_inheritune.training.lm import CausalLM

@@ -11,20 +11,26 @@ For every layer l, head h and validation sequence n the post-softmax causal atte
 Everything is batched: one `torch.linalg.eigvalsh` call per layer (on the Gram matrices A A^T, whose
 eigenvalues are the squared singular values) covers all (sequence, head) pairs of a batch.
 Shapes: N sequences, B batch, L layers, H heads, T tokens, n_taus thresholds.
+
+A model of any family is measured through the model-family interface (lit_inheritune/models/__init__.py): its
+family yields each layer's attention probabilities and takes the Q/K gradient norms.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from lit_inheritune.model import GPT
+from lit_inheritune.models import family_of
 
 DEFAULT_TAUS = (0.8, 0.85, 0.9, 0.95)
 PRIMARY_TAU = 0.9  # the paper's threshold; lazy flags and the figures use it
@@ -118,42 +124,24 @@ def sample_windows(tokens: np.ndarray, n: int, length: int, seed: int = 0) -> tu
     return starts, torch.from_numpy(windows)
 
 
-def attention_per_layer(model: GPT, idx: torch.Tensor):
-    """Yield each layer's post-softmax attention (B, H, T, T) for idx (B, T), one layer at a time.
-
-    The same computation as `model(idx, return_attn=True)["attn"]` (a test checks it) without ln_f and
-    the LM head: the (B, T, V) logits cost ~15% of a GPT-2 Medium forward and are not needed, and only
-    one layer's attention is alive at a time. Hugging Face models (`hf.HFCausalLM`) go through
-    `hf.hf_attention_per_layer`.
-    """
-    if not isinstance(model, GPT):
-        from lit_inheritune.hf import hf_attention_per_layer
-
-        yield from hf_attention_per_layer(model, idx)
-        return
+def attention_per_layer(model: nn.Module, idx: torch.Tensor):
+    """Yield each layer's post-softmax attention (B, H, T, T) for idx (B, T), as the model's family computes it
+    (our GPT: one layer at a time, without ln_f and the LM head; a test checks it against the forward)."""
     B, T = idx.shape
     if T > model.config.block_size:
         raise AnalysisError(f"sequences of {T} tokens exceed the model's block_size={model.config.block_size}")
-    pos = torch.arange(T, device=idx.device)
-    x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (B, T, C)
-    *blocks, last = model.transformer.h
-    for block in blocks:
-        x, attn = block(x, return_attn=True)
-        yield attn
-    _, attn = last.attn(last.ln_1(x), return_attn=True)  # the last MLP feeds no attention: skip it
-    yield attn
+    yield from family_of(model).attention_per_layer(model, idx)
 
 
-def _auto_batch_size(model: GPT, seq_len: int) -> int:
-    bytes_per_seq = model.config.n_head * seq_len * seq_len * 4
-    if not isinstance(model, GPT):  # Hugging Face models return every layer's attention at once
-        bytes_per_seq *= model.config.n_layer
+def _auto_batch_size(model: nn.Module, seq_len: int) -> int:
+    # Some families (Hugging Face) return every layer's attention at once.
+    bytes_per_seq = model.config.n_head * seq_len * seq_len * 4 * family_of(model).attention_layers_alive(model)
     return max(1, ATTN_BYTES_BUDGET // bytes_per_seq)
 
 
 @torch.no_grad()
 def measure_attention(
-    model: GPT,
+    model: nn.Module,
     val_tokens: np.ndarray,
     n_seq: int = 100,
     seq_len: int = 100,
@@ -248,46 +236,12 @@ def measure_attention(
     }
 
 
-def loss_and_grads(model, x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor]):
-    """(loss, d loss / d weights) of one eval-mode forward/backward, leaving no trace: no .grad written, and
-    the weights' requires_grad flags and the model's train/eval mode restored."""
-    requires_grad = [w.requires_grad for w in weights]
-    was_training = model.training
-    model.eval()
-    try:
-        for w in weights:
-            w.requires_grad_(True)
-        with torch.enable_grad():
-            loss = model(x, y)["loss"]
-            grads = torch.autograd.grad(loss, weights)
-    finally:
-        for w, flag in zip(weights, requires_grad):
-            w.requires_grad_(flag)
-        model.train(was_training)
-    return loss, grads
-
-
-def qk_grad_norms(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Frobenius norms of dLoss/dW for W_Q, W_K, W_V (the row slices of `attn.c_attn.weight`, which
-    stacks q, k, v along dim 0) and the attention output projection, per layer, from one
-    forward/backward on (x, y) (B, T). Uses `torch.autograd.grad`, so no `.grad` is written and the
+def qk_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Frobenius norms of dLoss/dW for W_Q, W_K, W_V and the attention output projection, per layer, from one
+    forward/backward on (x, y) (B, T), as {"loss", "q", "k", "v", "proj"} (the slicing of fused projections is
+    the family's). Uses `torch.autograd.grad` (`models.loss_and_grads`), so no `.grad` is written and the
     weights, their requires_grad flags and the train/eval mode are left as they were."""
-    if not isinstance(model, GPT):
-        from lit_inheritune.hf import hf_qk_grad_norms
-
-        return hf_qk_grad_norms(model, x, y)
-    C = model.config.n_embd
-    qkv_weights = [block.attn.c_attn.weight for block in model.transformer.h]  # each (3C, C)
-    proj_weights = [block.attn.c_proj.weight for block in model.transformer.h]  # each (C, C)
-    loss, grads = loss_and_grads(model, x, y, qkv_weights + proj_weights)
-    qkv_grads, proj_grads = grads[: len(qkv_weights)], grads[len(qkv_weights) :]
-    return {
-        "loss": loss.item(),
-        "q": [g[:C].norm().item() for g in qkv_grads],
-        "k": [g[C : 2 * C].norm().item() for g in qkv_grads],
-        "v": [g[2 * C :].norm().item() for g in qkv_grads],
-        "proj": [g.norm().item() for g in proj_grads],
-    }
+    return family_of(model).qk_grad_norms(model, x, y)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,7 +327,7 @@ def default_pairs(n_layer: int, n_head: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def plot_attention_maps(
-    model: GPT,
+    model: nn.Module,
     tokenizer,
     strings: Sequence[str] | None,
     pairs: Sequence[tuple[int, int]] | None,
@@ -457,7 +411,7 @@ def _safe_label(label: str) -> str:
 
 
 def check_inputs(ckpt_paths: Mapping[str, str | Path], data_dir: str | Path, seq_len: int) -> dict:
-    """Fail before any compute: checkpoints exist and are GPT checkpoints, the data is prepared, the
+    """Fail before any compute: checkpoints exist and are ours, the data is prepared, the
     windows fit every model's context and the tokenizer's ids fit every model's vocabulary.
     Returns {label: model config dict}."""
     from lit_inheritune.checks import checkpoint_config
@@ -549,8 +503,8 @@ def analyze_checkpoint(
     (reports, Q/K gradient norms, attention-map strings, provenance), max_rank.png, max_rank.md,
     rank_heatmap_<label>.png and attention_maps_<label>.png. Returns what analysis.json holds."""
     from lit_inheritune.data.prepare import load_prepared
+    from lit_inheritune.models import load_checkpoint
     from lit_inheritune.provenance import provenance
-    from lit_inheritune.surgery import gpt_from_checkpoint
     from lit_inheritune.tokenizer import load_tokenizer
 
     check_inputs(ckpt_paths, data_dir, seq_len)
@@ -564,7 +518,7 @@ def analyze_checkpoint(
 
     reports, grads, maps = {}, {}, {}
     for label, path in ckpt_paths.items():
-        model = gpt_from_checkpoint(path)
+        model = load_checkpoint(path)
         reports[label] = measure_attention(model, val_tokens, n_seq=n_seq, seq_len=seq_len, taus=taus, eta=eta,
                                            seed=seed, batch_size=batch_size, near_rank1=near_rank1,
                                            precision=precision)
@@ -581,4 +535,77 @@ def analyze_checkpoint(
               "attention_maps": maps}
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=1))
     write_markdown(reports, out_dir / "max_rank.md", prov)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# A pretrained model (one whose family loads pretrained weights, e.g. Hugging Face) on local text
+
+
+def _split_at(tokens: np.ndarray, eot_id: int) -> list[np.ndarray]:
+    cuts = np.flatnonzero(tokens == eot_id)
+    return [d for d in np.split(tokens, cuts) if len(d)]
+
+
+def text_tokens(tokenizer, data_dir=None, text=None) -> tuple[np.ndarray, str]:
+    """Token ids (documents joined by the EOT id) for analysing a pretrained model with its own tokenizer, and
+    where they came from: the val split of a prepared dataset (re-tokenized with the model's tokenizer unless
+    it was prepared with it), or text files (a file, a directory of .txt files, or a list of either)."""
+    from lit_inheritune.data.prepare import load_prepared
+    from lit_inheritune.tokenizer import load_tokenizer
+
+    if data_dir is not None:
+        manifest, _, val = load_prepared(data_dir, verify_checksum=False)
+        spec, ours = manifest["tokenizer"], tokenizer.spec()
+        if all(spec.get(key) == ours.get(key) for key in ("kind", "vocab_size", "path")):
+            return np.asarray(val, dtype=np.int64), f"{data_dir} (val split)"
+        own = load_tokenizer(spec, Path(data_dir))
+        docs = [own.decode(d) for d in _split_at(np.asarray(val), own.eot_id)]
+        where = f"{data_dir} (val split, re-tokenized from {own.name})"
+    else:
+        if text is None:
+            raise ValueError("give data_dir (a prepared dataset) or text (files or a directory of .txt files)")
+        files = []
+        for item in [text] if isinstance(text, (str, os.PathLike)) else list(text):
+            item = Path(item)
+            files += sorted(item.glob("*.txt")) if item.is_dir() else [item]
+        if not files:
+            raise ValueError(f"no text files in {text}")
+        docs = [f.read_text(encoding="utf-8") for f in files]
+        where = f"{len(files)} text files from {text}"
+    ids = []
+    for doc in tokenizer.encode_batch(docs):
+        ids += doc + [tokenizer.eot_id]
+    return np.asarray(ids, dtype=np.int64), where
+
+
+def analyze_pretrained(family, path: str, out_dir, gguf_file: str | None = None, cache_dir=None, data_dir=None,
+                       text=None, label: str | None = None, n_seq: int = 100, seq_len: int = 100,
+                       taus=(0.8, 0.85, 0.9, 0.95), eta: float = 0.9, seed: int = 0, near_rank1: float = 1.5,
+                       batch_size: int | None = None, precision: str = "32", command: str | None = None) -> dict:
+    """Attention degeneration (PAPER.md section 5) of a pretrained model of `family` (a `models.ModelFamily`;
+    `path`: a name it knows, a local dir or a hub id, `gguf_file` a GGUF file inside it) on n_seq windows of
+    seq_len tokens of local text; writes analysis.json, max_rank.md, max_rank.png and rank_heatmap_<label>.png
+    to out_dir."""
+    from lit_inheritune.provenance import provenance
+
+    started = time.perf_counter()
+    model, tokenizer, source = family.pretrained_model(path, gguf_file, cache_dir)
+    label = label or Path(source["gguf_file"] or source["path"]).stem
+    loaded = time.perf_counter()
+    tokens, where = text_tokens(tokenizer, data_dir=data_dir, text=text)
+    if seq_len > model.block_size:
+        raise AnalysisError(f"seq_len={seq_len} exceeds the model's {model.block_size} positions")
+    report = measure_attention(model, tokens, n_seq=n_seq, seq_len=seq_len, taus=taus, eta=eta, seed=seed,
+                               batch_size=batch_size, near_rank1=near_rank1, precision=precision)
+    report.update(model=source["path"], gguf_file=source["gguf_file"], text=where, load_seconds=loaded - started,
+                  measure_seconds=time.perf_counter() - loaded)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_max_rank({label: report}, out_dir / "max_rank.png")
+    plot_rank_heatmap(report, out_dir / f"rank_heatmap_{_safe_label(label)}.png", title=label)
+    prov = provenance(command)
+    result = {"provenance": prov, "text": where, "reports": {label: report}}
+    (out_dir / "analysis.json").write_text(json.dumps(result, indent=1))
+    write_markdown({label: report}, out_dir / "max_rank.md", prov)
     return result

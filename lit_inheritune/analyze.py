@@ -13,16 +13,26 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lit_inheritune.analysis import AnalysisError, _safe_label, analyze_checkpoint, check_inputs
+from lit_inheritune.analysis import (
+    AnalysisError,
+    _safe_label,
+    analyze_checkpoint,
+    analyze_pretrained,
+    check_inputs,
+)
 from lit_inheritune.config import CONFIG_DIR
 from lit_inheritune.errors import cli_errors, run_cli
+from lit_inheritune.models import family
 from lit_inheritune.runs import run_dir_of
 
+# The model family of the pretrained models `hf=NAME` names (conf/analyze.yaml).
+PRETRAINED_FAMILY = "hf"
 
-def _default_out_dir(ckpt, ckpts, hf=None) -> str:
-    if hf and not (ckpt or ckpts):
+
+def _default_out_dir(ckpt, ckpts, pretrained=None) -> str:
+    if pretrained and not (ckpt or ckpts):
         root = Path(os.environ.get("LIT_INHERITUNE_ROOT", "."))
-        return str(root / "outputs" / "analysis" / _safe_label(Path(str(hf)).name))
+        return str(root / "outputs" / "analysis" / _safe_label(Path(str(pretrained)).name))
     first = ckpt or next(iter((ckpts or {}).values()), None)
     return str(run_dir_of(first) / "analysis") if first else "analysis"
 
@@ -43,15 +53,13 @@ def hf_text_source(cfg: DictConfig) -> tuple[str | None, str | None]:
     raise AnalysisError("no text to analyse: pass data_dir=DIR (a prepared dataset) or hf_text=PATH (.txt files)")
 
 
-def run_hf(cfg: DictConfig) -> dict:
-    from lit_inheritune.hf import ALIASES, analyze_hf
-
-    path, gguf_file = ALIASES.get(str(cfg.hf), (str(cfg.hf), cfg.hf_gguf_file))
+def run_pretrained(cfg: DictConfig) -> dict:
+    """The analysis of the pretrained model `hf=NAME` names (its family resolves aliases such as smollm2)."""
     data_dir, text = hf_text_source(cfg)
-    return analyze_hf(path, cfg.out_dir, gguf_file=gguf_file or cfg.hf_gguf_file, cache_dir=cfg.hf_cache_dir,
-                      data_dir=data_dir, text=text, label=cfg.label or str(cfg.hf), n_seq=cfg.n_seq,
-                      seq_len=cfg.seq_len, taus=list(cfg.taus), eta=cfg.eta, seed=cfg.seed,
-                      near_rank1=cfg.near_rank1, batch_size=cfg.batch_size, precision=str(cfg.precision))
+    return analyze_pretrained(family(PRETRAINED_FAMILY), str(cfg.hf), cfg.out_dir, gguf_file=cfg.hf_gguf_file,
+                              cache_dir=cfg.hf_cache_dir, data_dir=data_dir, text=text, label=cfg.label or str(cfg.hf),
+                              n_seq=cfg.n_seq, seq_len=cfg.seq_len, taus=list(cfg.taus), eta=cfg.eta, seed=cfg.seed,
+                              near_rank1=cfg.near_rank1, batch_size=cfg.batch_size, precision=str(cfg.precision))
 
 
 if not OmegaConf.has_resolver("analysis_dir"):
@@ -73,7 +81,7 @@ def checkpoints_of(cfg: DictConfig) -> dict[str, str]:
 def preflight(cfg: DictConfig) -> None:
     """The checkpoints and the data, checked before Hydra creates out_dir (the Preflight callback in
     analyze.yaml; analyze_checkpoint checks them again). A Hugging Face model is checked as it loads."""
-    if cfg.get("hf"):
+    if cfg.get("hf"):  # a pretrained model, not checkpoints
         return
     if OmegaConf.is_missing(cfg, "data_dir"):
         raise AnalysisError("no data directory given: pass data_dir=DIR (a prepared dataset)")
@@ -83,8 +91,8 @@ def preflight(cfg: DictConfig) -> None:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="analyze", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     with cli_errors():
-        if cfg.get("hf"):
-            result = run_hf(cfg)
+        if cfg.get("hf"):  # a pretrained model, not checkpoints
+            result = run_pretrained(cfg)
         else:
             result = analyze_checkpoint(
                 checkpoints_of(cfg),

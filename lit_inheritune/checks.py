@@ -7,8 +7,10 @@ checksums; and that checkpoints this run would resume from can be read.
 Hydra callback (hydra.callbacks in config.yaml) calls them before Hydra creates the run directory, and for a
 sweep on every job's config before the first job starts.
 
-Types and key names are checked earlier still, while the config is composed (lit_inheritune/schema.py). This
-module imports neither torch nor Lightning unless a checkpoint has to be read.
+Types and key names are checked earlier still, while the config is composed (lit_inheritune/schema.py). What a
+model family allows (which methods, how its blocks are inherited) comes from its registration in the model-family
+interface (lit_inheritune/models/__init__.py). This module imports neither torch nor Lightning unless a checkpoint
+has to be read.
 """
 
 from __future__ import annotations
@@ -22,20 +24,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_inheritune.errors import CheckpointError, ConfigError, cli_errors
+from lit_inheritune.models import checkpoint_shape, family_of
 
-HF_MODEL = "lit_inheritune.hf.HFModelSpec"
-BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # surgery.BLOCK_PARTS (tests compare the two)
+BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # models.gpt.BLOCK_PARTS (tests compare the two)
 GROW_MODES = ("append", "reinherit")
-ATTN_SCALES = ("position", "source")  # surgery.ATTN_SCALES
-# Shape fields a reference checkpoint must share with `model` (the config describes the reference).
-SHAPE = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "scale_attn_by_inverse_layer_idx")
-HF_SHAPE = {"n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
-            "vocab_size": "vocab_size"}
-
-
-def is_hf(cfg: DictConfig) -> bool:
-    """`model=hf`: the reference is a pretrained Hugging Face model (lit_inheritune/hf.py), not our GPT."""
-    return cfg.model.get("_target_") == HF_MODEL
+ATTN_SCALES = ("position", "source")  # models.ATTN_SCALES
 
 
 def distilbert_blocks(n_teacher: int, n_student: int) -> list[int]:
@@ -100,8 +93,8 @@ def check_model(cfg: DictConfig) -> None:
 
 def method_recipe(cfg: DictConfig) -> type:
     """The recipe class `method._target_` names (methods.py), imported but not built. Its attributes say what
-    the checks need: `uses_reference` (starts from method.reference), `supports_hf` (runs with model=hf), and
-    `validate(cfg)`, the method's own checks."""
+    the checks need: `uses_reference` (starts from method.reference) and `validate(cfg)`, the method's own
+    checks. Which methods a model family supports is the family's (models.ModelFamily.methods)."""
     target = cfg.method.get("_target_")
     if not target:
         raise ConfigError("method._target_ is missing: a method config names its recipe class, e.g. "
@@ -122,7 +115,7 @@ def uses_reference(cfg: DictConfig) -> bool:
 
 
 def _trains_reference(cfg: DictConfig) -> bool:
-    return uses_reference(cfg) and not cfg.method.reference.ckpt and not is_hf(cfg)
+    return uses_reference(cfg) and not cfg.method.reference.ckpt and not family_of(cfg.model).pretrained
 
 
 def check_reference_steps(cfg: DictConfig) -> None:
@@ -163,13 +156,14 @@ def check_inheritune(cfg: DictConfig) -> None:
     check_reference_steps(cfg)
     for steps in m.scratch_baselines or []:
         check_steps(cfg, "method.scratch_baselines", steps)
-    if is_hf(cfg) and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
-        raise ConfigError("a Hugging Face reference is inherited as the official lit-gpt code did (whole layers, "
+    family = family_of(cfg.model)
+    if family.inherits_whole and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
+        raise ConfigError(f"a {family.title} reference is inherited as the official lit-gpt code did (whole layers, "
                           "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
                           "and method.copy_ln_f=true")
-    if is_hf(cfg) and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
-        raise ConfigError("a Hugging Face GPT-2 scales attention by each layer's position; method.attn_scale=source "
-                          "cannot be expressed there (use method.attn_scale=position)")
+    if not family.keeps_source_scale and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
+        raise ConfigError(f"a {family.title} model scales attention by each layer's position (e.g. GPT-2); "
+                          "method.attn_scale=source cannot be expressed there (use method.attn_scale=position)")
 
 
 def check_stacking(cfg: DictConfig) -> None:
@@ -214,8 +208,10 @@ def check_kd(cfg: DictConfig) -> None:
 def check_method(cfg: DictConfig) -> None:
     m = cfg.method
     recipe = method_recipe(cfg)
-    if is_hf(cfg) and not getattr(recipe, "supports_hf", False):
-        raise ConfigError(f"method {m.name!r} supports our GPT models only; with model=hf use inheritune or scratch")
+    family = family_of(cfg.model)
+    if family.methods is not None and m.name not in family.methods:
+        raise ConfigError(f"method {m.name!r} does not support {family.title} models; with this model use one of "
+                          f"{', '.join(family.methods)}")
     if m.attn_scale is not None and m.attn_scale not in ATTN_SCALES:
         raise ConfigError(f"method.attn_scale={m.attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
     validate = getattr(recipe, "validate", None)
@@ -254,14 +250,6 @@ def checkpoint_config(path: str | Path) -> dict:
     return model
 
 
-def checkpoint_shape(model_hparams: dict) -> dict:
-    """n_layer, n_head, ... of a checkpoint's model hyper-parameters, ours or a Hugging Face model's."""
-    if model_hparams.get("kind") == "hf":
-        hf = model_hparams.get("hf_config", {})
-        return {ours: hf.get(theirs) for ours, theirs in HF_SHAPE.items()}
-    return {key: model_hparams.get(key) for key in SHAPE}
-
-
 def check_reference_checkpoint(cfg: DictConfig) -> None:
     """A given reference checkpoint has the depth and width the config describes (`model` is the reference),
     so targets, growth and baselines are sized against the model that is actually loaded."""
@@ -271,11 +259,10 @@ def check_reference_checkpoint(cfg: DictConfig) -> None:
     if not path.is_file():
         raise ConfigError(f"method.reference.ckpt={path}: no such file")
     hparams = checkpoint_config(path)
-    if (hparams.get("kind") == "hf") != is_hf(cfg):
-        theirs = "a Hugging Face model" if hparams.get("kind") == "hf" else "one of our GPTs"
-        ours = "model=hf" if is_hf(cfg) else "one of our GPTs"
-        raise ConfigError(f"method.reference.ckpt={path} holds {theirs} but the config's model is {ours}; choose "
-                          "the model config the checkpoint was trained with")
+    theirs, ours = family_of(hparams), family_of(cfg.model)
+    if theirs is not ours:
+        raise ConfigError(f"method.reference.ckpt={path} holds a {theirs.title} model but the config's model is a "
+                          f"{ours.title} model; choose the model config the checkpoint was trained with")
     shape = checkpoint_shape(hparams)
     differ = {key: value for key, value in shape.items() if value is not None and value != cfg.model[key]}
     if differ:

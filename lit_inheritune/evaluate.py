@@ -1,9 +1,10 @@
 """`python -m lit_inheritune.evaluate ckpt=PATH tasks=[...]`: lm-eval downstream tasks on our checkpoints.
 
-`GPTLM` puts an in-memory `GPT` and one of our tokenizers behind lm-eval's `TemplateLM`, so
-`lm_eval.simple_evaluate(model=GPTLM(model, tokenizer), tasks=...)` scores it like lm-eval's `hf` model
-scores a Hugging Face one: log-likelihoods in length-sorted batches with the context cut from the left
-to the model's block size, disjoint rolling windows for perplexity tasks, greedy generation.
+`GPTLM` puts an in-memory model (our GPT, or one of another family: lit_inheritune/models) and one of our
+tokenizers behind lm-eval's `TemplateLM`, so `lm_eval.simple_evaluate(model=GPTLM(model, tokenizer), tasks=...)`
+scores it like lm-eval's `hf` model scores a Hugging Face one: log-likelihoods in length-sorted batches with the
+context cut from the left to the model's block size, disjoint rolling windows for perplexity tasks, greedy
+generation.
 
 The CLI finds the checkpoint's tokenizer offline (the manifest of the dataset its run trained on) and
 writes results.json (lm-eval's results plus provenance) and results.md to `out`. The reserved task name
@@ -27,13 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.config import CONFIG_DIR
 from lit_inheritune.errors import cli_errors, run_cli
-from lit_inheritune.model import GPT
 from lit_inheritune.tokenizer import Tokenizer
 
 # Downstream tasks for the paper's models, as lm-eval names them (paper/tables.yaml: wikitext, LAMBADA).
 PAPER_TASKS = ("arc_easy", "lambada_openai", "sciq", "hellaswag", "piqa", "wikitext")
 # Stands for the last-word task of the checkpoint's own dataset (`tasks.write_last_word_task`).
 LAST_WORD_TASK = "lastword"
+# The model family of the pretrained models `hf=NAME` names (conf/evaluate.yaml).
+PRETRAINED_FAMILY = "hf"
 
 
 class EvaluationError(ValueError):
@@ -44,7 +46,7 @@ class GPTLM(TemplateLM):
     """lm-eval's view of our GPT. Log-probabilities are over the model's whole (padded) vocabulary, as in
     training; generation only ever picks ids the tokenizer can decode."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, batch_size: int = 16, device: str | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int = 16, device: str | None = None):
         super().__init__()
         if tokenizer.vocab_size > model.config.vocab_size:
             raise EvaluationError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} ids but the model's "
@@ -286,11 +288,11 @@ def evaluate_checkpoint(
     limit: int | float | None = None,
     bootstrap_iters: int = 100000,
     last_word: dict | None = None,
-    hf: dict | None = None,
+    pretrained: dict | None = None,
 ) -> dict:
-    """Evaluate one of our checkpoints, or with `hf` = {path, gguf_file, cache_dir} a pretrained Hugging Face
-    model with its own tokenizer (e.g. the reference an HF Inheritune run matched), on lm-eval tasks; write
-    out/results.json and out/results.md. `last_word`: n, context_tokens, seed of the `lastword` task."""
+    """Evaluate one of our checkpoints, or with `pretrained` = {path, gguf_file, cache_dir} a pretrained model
+    (`pretrained_model`) with its own tokenizer (e.g. the reference an HF Inheritune run matched), on lm-eval
+    tasks; write out/results.json and out/results.md. `last_word`: n, context_tokens, seed of the `lastword` task."""
     import lm_eval
 
     from lit_inheritune.provenance import provenance
@@ -298,11 +300,12 @@ def evaluate_checkpoint(
     if not tasks:
         raise EvaluationError(f"no tasks given: pass tasks=[...], e.g. tasks=[{','.join(PAPER_TASKS)}]")
     check_task_names(tasks, include_path)
-    if hf:
+    if pretrained:
         if LAST_WORD_TASK in tasks and not data_dir:
             raise EvaluationError(f"task {LAST_WORD_TASK!r} is built from a prepared dataset's val split; with "
                                   "hf=... pass data_dir=DIR (one tokenized with the model's own tokenizer)")
-        model, tok, ckpt = pretrained_hf(hf["path"], hf.get("gguf_file"), hf.get("cache_dir"))
+        model, tok, ckpt = pretrained_model(pretrained["path"], pretrained.get("gguf_file"),
+                                            pretrained.get("cache_dir"))
     else:
         model, tok = checkpoint_model(ckpt, tokenizer, data_dir)
     lm = GPTLM(model, tok, batch_size=batch_size, device=device)
@@ -325,41 +328,41 @@ def evaluate_checkpoint(
     return report
 
 
-def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -> tuple[GPT, Tokenizer]:
+def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -> tuple[torch.nn.Module, Tokenizer]:
     """The model in one of our checkpoints and the tokenizer its run trained with."""
     from lit_inheritune.checks import checkpoint_config
-    from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
+    from lit_inheritune.models import SurgeryError, load_checkpoint
 
     if not Path(ckpt).is_file():
         raise EvaluationError(f"checkpoint {ckpt} not found")
     tok = resolve_tokenizer(ckpt, tokenizer, data_dir)
     checkpoint_config(ckpt)  # CheckpointError naming a corrupt (e.g. truncated) or foreign file
     try:
-        return gpt_from_checkpoint(ckpt), tok
+        return load_checkpoint(ckpt), tok
     except SurgeryError as e:
         raise EvaluationError(str(e)) from None
 
 
-def pretrained_hf(path: str, gguf_file: str | None = None, cache_dir=None):
-    """A pretrained Hugging Face model (`hf.ALIASES` name, local dir, GGUF or hub id), its own tokenizer, and
-    where it came from (the alias resolved; what results.json records as the model)."""
-    from lit_inheritune.hf import ALIASES, HFCausalLM, HFLoadError, hf_data_tokenizer, load_hf_model
+def pretrained_model(path: str, gguf_file: str | None = None, cache_dir=None, family: str = PRETRAINED_FAMILY):
+    """A pretrained model of `family` (for hf: an alias such as smollm2, a local dir, a GGUF file or a hub id), its
+    own tokenizer, and where it came from (the alias resolved; what results.json records as the model)."""
+    from lit_inheritune.models import ModelLoadError
+    from lit_inheritune.models import family as model_family
 
-    path, gguf_file = ALIASES.get(str(path), (str(path), gguf_file))
     try:
-        model = HFCausalLM(load_hf_model(path, gguf_file, cache_dir))
-        tok = hf_data_tokenizer({"path": path, "gguf_file": gguf_file, "cache_dir": cache_dir})
-    except HFLoadError as e:
+        model, tok, source = model_family(family).pretrained_model(path, gguf_file, cache_dir)
+    except ModelLoadError as e:
         raise EvaluationError(str(e)) from None
+    path, gguf_file = source["path"], source["gguf_file"]
     return model, tok, f"{path}/{gguf_file}" if gguf_file else path
 
 
-def _default_out_dir(ckpt, hf=None) -> str:
+def _default_out_dir(ckpt, pretrained=None) -> str:
     from lit_inheritune.runs import run_dir_of
 
-    if hf and not ckpt:
+    if pretrained and not ckpt:
         root = Path(os.environ.get("LIT_INHERITUNE_ROOT", "."))
-        return str(root / "outputs" / "eval" / Path(str(hf)).name)
+        return str(root / "outputs" / "eval" / Path(str(pretrained)).name)
     return str(run_dir_of(ckpt) / "eval") if ckpt else "eval"
 
 
@@ -391,7 +394,8 @@ def main(cfg: DictConfig) -> dict:
             limit=cfg.limit,
             bootstrap_iters=cfg.bootstrap_iters,
             last_word=OmegaConf.to_container(cfg.lastword),
-            hf={"path": str(cfg.hf), "gguf_file": cfg.hf_gguf_file, "cache_dir": cfg.hf_cache_dir} if cfg.hf else None,
+            pretrained={"path": str(cfg.hf), "gguf_file": cfg.hf_gguf_file, "cache_dir": cfg.hf_cache_dir}
+            if cfg.hf else None,
         )
     print(results_markdown(report))
     print(f"wrote {Path(cfg.out).resolve()}/results.json and results.md")

@@ -28,10 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.config import CONFIG_DIR
 from lit_inheritune.errors import cli_errors, run_cli
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.tokenizer import EOT_TOKEN, BPETokenizer, TiktokenTokenizer, Tokenizer
 
-# lit_inheritune.model.LayerNorm's epsilon (hard-coded there, as in nanoGPT).
+# lit_inheritune.models.gpt.LayerNorm's epsilon (hard-coded there, as in nanoGPT).
 LAYER_NORM_EPS = 1e-5
 # Per-block parameters: ours are nn.Linear (out, in) and need a transpose into HF's Conv1D (in, out).
 LINEAR_WEIGHTS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -125,7 +125,7 @@ def check_exportable(model: GPT) -> None:
         if config.scale_attn_by_inverse_layer_idx and block.layer_idx != i:
             raise ExportError(
                 f"block {i} scales attention by 1/(layer_idx+1) with layer_idx={block.layer_idx}, but HF GPT-2 "
-                f"scales block i by 1/(i+1); renumber the blocks (model.renumber_blocks) or export with "
+                f"scales block i by 1/(i+1); renumber the blocks (models.gpt.renumber_blocks) or export with "
                 "scale_attn_by_inverse_layer_idx off only if the model was trained that way"
             )
 
@@ -210,7 +210,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
     Everything is checked before anything is written, and the directory is assembled next to `out` and moved
     into place at the end, so a failed export never leaves a half-written (or half-deleted) `out`."""
     from lit_inheritune.checks import checkpoint_config
-    from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
+    from lit_inheritune.models import SurgeryError, load_checkpoint
 
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():
@@ -225,9 +225,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
                               "delete it, so choose another out")
     checkpoint_config(ckpt)  # CheckpointError naming a corrupt (e.g. truncated) or foreign file
     try:
-        model = gpt_from_checkpoint(ckpt)
+        model = load_checkpoint(ckpt)
     except SurgeryError as e:
         raise ExportError(str(e)) from None
+    if not isinstance(model, GPT):
+        raise ExportError(f"{ckpt} holds a {type(model).__name__}, not one of our GPTs; only GPT checkpoints export "
+                          "to GPT2LMHeadModel")
     tok = resolve_tokenizer(tokenizer, data_dir, ckpt)
     if tok is not None and tok.vocab_size > model.config.vocab_size:
         raise ExportError(f"tokenizer {tok.name} has {tok.vocab_size} ids but the model's vocab_size is "

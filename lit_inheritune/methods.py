@@ -19,17 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune import checks
 from lit_inheritune.checks import distilbert_blocks
-from lit_inheritune.checks import is_hf as _is_hf
+from lit_inheritune.models import check_same_family, family_of, load_checkpoint
 from lit_inheritune.provenance import provenance
-from lit_inheritune.surgery import (
-    check_same_family,
-    gpt_from_checkpoint,
-    grow,
-    half_width,
-    hybrid_stack,
-    inherit_blocks,
-    stack_blocks,
-)
+from lit_inheritune.surgery import half_width, hybrid_stack, inherit_blocks, stack_blocks
 from lit_inheritune.training.grow import Growth
 from lit_inheritune.training.identity import check_stage_dir, method_identity, stage_identity
 from lit_inheritune.training.lm import CausalLM
@@ -75,10 +67,7 @@ def scratch_stage(cfg: DictConfig, n_layer: int, steps: int, name: str = "scratc
 
 def random_model(cfg: DictConfig, n_layer: int):
     """A randomly initialised model of the configured family at this depth."""
-    from lit_inheritune.model import GPT
-
-    model_cfg = instantiate(cfg.model, n_layer=n_layer)
-    return model_cfg.random() if _is_hf(cfg) else GPT(model_cfg)
+    return family_of(cfg.model).random(instantiate(cfg.model, n_layer=n_layer))
 
 
 def train_scratch(cfg: DictConfig, datamodule, stage: Stage, n_layer: int, steps: int, seed: int | None = None,
@@ -103,7 +92,7 @@ def reference_dir(cfg: DictConfig) -> Path:
 def reference_stage(cfg: DictConfig) -> Stage | None:
     """The reference's training stage, or None when the reference is given (a checkpoint, a pretrained model)."""
     ref = cfg.method.reference
-    if ref.ckpt or _is_hf(cfg):
+    if ref.ckpt or family_of(cfg.model).pretrained:
         return None
     return scratch_stage(cfg, cfg.model.n_layer, int(ref.max_steps), "reference", int(ref.seed))
 
@@ -133,15 +122,16 @@ def obtain_reference(cfg: DictConfig, datamodule, header: str = ""):
     measured on this experiment's val windows by the caller)."""
     ref_cfg = cfg.method.reference
     if ref_cfg.ckpt:
-        reference = gpt_from_checkpoint(ref_cfg.ckpt)
+        reference = load_checkpoint(ref_cfg.ckpt)
         check_same_family(instantiate(cfg.model), reference.config, what=f"reference checkpoint {ref_cfg.ckpt}")
         return reference, None
-    if _is_hf(cfg):  # a pretrained model: loaded, never trained here
-        return instantiate(cfg.model).load(), None
+    family = family_of(cfg.model)
+    if family.pretrained:  # a pretrained model: loaded, never trained here
+        return family.load(instantiate(cfg.model)), None
     steps = int(ref_cfg.max_steps)
     result = train_scratch(cfg, datamodule, reference_stage(cfg), cfg.model.n_layer, steps, seed=int(ref_cfg.seed),
                            header=header)
-    return gpt_from_checkpoint(result["last_checkpoint"]), result
+    return load_checkpoint(result["last_checkpoint"]), result
 
 
 def derived_stage(cfg: DictConfig, name: str, n_layer: int, kind: str, init: str, model: dict | None = None,
@@ -184,11 +174,9 @@ class Recipe:
     which also carries the keys of methods an experiment switches between (schema.MethodSchema).
 
     Class attributes the checks read before any run directory exists (checks.check_method): `validate(cfg)`,
-    the method's own config checks; `uses_reference`, whether it starts from method.reference; `supports_hf`,
-    whether it runs with a pretrained Hugging Face reference (model=hf)."""
+    the method's own config checks, and `uses_reference`, whether it starts from method.reference."""
 
     uses_reference = False
-    supports_hf = False
     validate = None
 
     def __init__(self, name: str, module=None, **settings):
@@ -216,7 +204,6 @@ class Recipe:
 class Scratch(Recipe):
     """A randomly initialised model, trained once: the reference and the scratch baselines."""
 
-    supports_hf = True
     validate = staticmethod(checks.check_scratch)
 
     def plan(self, cfg):
@@ -263,7 +250,7 @@ class Inheritune(Growing):
     fresh copy of the first n + g reference blocks; append: the trained blocks plus the next reference blocks)
     until the target's val loss matches the reference's, up to max_layers. Then the scratch baselines."""
 
-    uses_reference = supports_hf = True
+    uses_reference = True
     validate = staticmethod(checks.check_inheritune)
 
     def rounds(self, cfg: DictConfig) -> list[Stage]:
@@ -299,17 +286,13 @@ class Inheritune(Growing):
                         *(s for stages in self.baselines(cfg).values() for s in stages)])
 
     def surgery(self, cfg: DictConfig):
-        """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)) for the configured model: surgery.py
-        for our GPT, hf.py for Hugging Face models (whose targets train in float32 whatever the reference's dtype)."""
+        """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)) for the configured model: its model
+        family's surgery (targets train in float32 whatever the reference's dtype)."""
         m = cfg.method
-        if _is_hf(cfg):
-            from lit_inheritune.hf import grow_hf, inherit_hf_layers
-
-            return (lambda ref, n, blocks: inherit_hf_layers(ref, n_layer=n, blocks=blocks).float(),
-                    lambda tgt, ref, n_new: grow_hf(tgt, ref, n_new=n_new, mode=m.grow_mode).float())
+        family = family_of(cfg.model)
         kwargs = dict(parts=m.parts, copy_wpe=m.copy_wpe, copy_ln_f=m.copy_ln_f, attn_scale=m.attn_scale)
-        return (lambda ref, n, blocks: inherit_blocks(ref, n_layer=n, blocks=blocks, **kwargs),
-                lambda tgt, ref, n_new: grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
+        return (lambda ref, n, blocks: family.inherit(ref, n_layer=n, blocks=blocks, **kwargs),
+                lambda tgt, ref, n_new: family.grow(tgt, ref, n_new=n_new, mode=m.grow_mode, **kwargs))
 
     def run(self, cfg, datamodule):
         m = cfg.method

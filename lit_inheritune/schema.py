@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 @dataclass
 class GPTModelSchema:
-    _target_: str = "lit_inheritune.model.GPTConfig"
+    _target_: str = "lit_inheritune.models.gpt.GPTConfig"
     n_layer: int = MISSING
     n_head: int = MISSING
     n_embd: int = MISSING
@@ -30,7 +30,7 @@ class GPTModelSchema:
 
 @dataclass
 class HFModelSchema(GPTModelSchema):
-    _target_: str = "lit_inheritune.hf.HFModelSpec"
+    _target_: str = "lit_inheritune.models.hf.HFModelSpec"
     path: str = MISSING
     gguf_file: str | None = None
     revision: str | None = None

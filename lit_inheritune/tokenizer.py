@@ -1,7 +1,9 @@
 """Tokenizers behind one small interface: the real GPT-2 BPE (offline) and byte-level BPEs trained on our data.
 
 A prepared dataset stores `Tokenizer.spec()` in its manifest; `load_tokenizer(spec, data_dir)` gets the very
-same tokenizer back, so token ids on disk are never decoded with the wrong vocabulary.
+same tokenizer back, so token ids on disk are never decoded with the wrong vocabulary. Besides `gpt2` and `bpe`,
+a spec's kind can name a model family whose pretrained models bring their own tokenizer (`hf`): that one is
+resolved through the model-family interface (lit_inheritune/models/__init__.py).
 """
 
 from __future__ import annotations
@@ -199,9 +201,20 @@ def load_bpe(path: Path) -> BPETokenizer:
     return BPETokenizer(HFTokenizer.from_file(str(path)), path=path, sha256=sha256_file(path))
 
 
+BUILTIN_KINDS = ("gpt2", "bpe")
+
+
+def tokenizer_kinds() -> tuple[str, ...]:
+    """Every spec kind `load_tokenizer` knows: ours, and the model families that bring their own tokenizer."""
+    from lit_inheritune.models import tokenizer_families
+
+    return (*BUILTIN_KINDS, *tokenizer_families())
+
+
 def load_tokenizer(spec: dict, data_dir: Path | None = None) -> Tokenizer:
-    """Inverse of `Tokenizer.spec()`. A BPE spec is resolved to `data_dir/tokenizer.json`, checked by sha256; an
-    `hf` spec names a Hugging Face model's tokenizer (a local dir, a hub id or a GGUF file)."""
+    """Inverse of `Tokenizer.spec()`. A BPE spec is resolved to `data_dir/tokenizer.json`, checked by sha256; a
+    model family's kind (`hf`) names a pretrained model's own tokenizer (for hf: a local dir, a hub id or a GGUF
+    file), built by that family."""
     kind = spec.get("kind")
     if kind == "gpt2":
         return gpt2_tokenizer()
@@ -224,8 +237,9 @@ def load_tokenizer(spec: dict, data_dir: Path | None = None) -> Tokenizer:
         if "vocab_size" in spec and tokenizer.vocab_size != spec["vocab_size"]:
             raise TokenizerError(f"{path} has vocab_size {tokenizer.vocab_size}, the spec says {spec['vocab_size']}")
         return tokenizer
-    if kind == "hf":  # a Hugging Face model's own tokenizer (lit_inheritune/hf.py)
-        from lit_inheritune.hf import hf_data_tokenizer
+    kinds = tokenizer_kinds()
+    if kind in kinds:  # a pretrained model's own tokenizer, built by its model family
+        from lit_inheritune.models import family
 
-        return hf_data_tokenizer(spec)
-    raise TokenizerError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected 'gpt2', 'bpe' or 'hf'")
+        return family(kind).data_tokenizer(spec)
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected one of {', '.join(kinds)}")

@@ -22,7 +22,7 @@ from lit_inheritune.analysis import (
     measure_attention,
     qk_grad_norms,
 )
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 
 TAUS = [0.6, 0.8, 0.85, 0.9, 0.95, 0.99]
 

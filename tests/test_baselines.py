@@ -8,9 +8,10 @@ from conftest import TINY
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
 from lit_inheritune.methods import reference_dir
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models import load_checkpoint
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.run import run
-from lit_inheritune.surgery import gpt_from_checkpoint, half_width
+from lit_inheritune.surgery import half_width
 
 
 def _cfg(tmp_path, data_dir, method, *extra):
@@ -41,9 +42,9 @@ def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_dat
     [scratch] = run(compose([*TINY, "model.n_layer=2", "train.max_steps=10", "train.val_every_n_steps=10",
                              f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}"]))
     assert scratch["val_loss"] == first["val_loss"]
-    assert _same(gpt_from_checkpoint(scratch["last_checkpoint"]), gpt_from_checkpoint(first["last_checkpoint"]))
+    assert _same(load_checkpoint(scratch["last_checkpoint"]), load_checkpoint(first["last_checkpoint"]))
     # Stage 2 starts from stage 1's trained model with its blocks 0, 1 repeated as 2, 3; nothing else changes.
-    trained, start = gpt_from_checkpoint(first["last_checkpoint"]), initial_models["stage2-L4"]
+    trained, start = load_checkpoint(first["last_checkpoint"]), initial_models["stage2-L4"]
     assert not _same(trained, initial_models["stage1-L2"])  # stage 1 trained
     for i in range(4):
         assert _same(start.transformer.h[i], trained.transformer.h[i % 2]), i
@@ -58,7 +59,7 @@ def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_d
     cfg = _cfg(tmp_path, fixture_data_dir, "hybrid_stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
     [hybrid] = run(cfg)
     assert hybrid["n_layer"] == 4
-    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     start, fresh = initial_models["hybrid-L4"], _fresh(reference, 4, cfg.seed)
     for i in range(4):  # reference blocks 0, 1, 0, 1
         assert _same(start.transformer.h[i], reference.transformer.h[i % 2]), i
@@ -72,7 +73,7 @@ def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_d
 def test_half_width_starts_from_the_sliced_reference(tmp_path, fixture_data_dir, initial_models):
     cfg = _cfg(tmp_path, fixture_data_dir, "half_width")
     [half] = run(cfg)
-    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     start = initial_models["halfwidth-L4-d16"]
     assert (start.config.n_layer, start.config.n_embd, start.config.n_head) == (4, 16, 1)
     assert _same(start, half_width(reference))  # every tensor a slice of the trained reference (test_surgery)
@@ -109,11 +110,11 @@ def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir
     [result] = run(cfg)
     ckpt = torch.load(result["last_checkpoint"], weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
-    assert gpt_from_checkpoint(result["last_checkpoint"]).config.n_layer == 2
+    assert load_checkpoint(result["last_checkpoint"]).config.n_layer == 2
     assert result["stage"] == "student-L2"
     # The student decays to KD's own floor; the teacher, the group's reference, to the group's.
     assert ckpt["hyper_parameters"]["optim"]["min_lr"] == 2e-4
-    teacher = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    teacher = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     assert torch.load(reference_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)[
         "hyper_parameters"]["optim"]["min_lr"] == 1e-4
     # Logit KD starts from a random init; DistilBERT-style from teacher blocks 0, 2 (every other block) and

@@ -18,8 +18,8 @@ def _fields(cls) -> set[str]:
 def test_schemas_have_the_fields_of_what_they_instantiate():
     from lit_inheritune.data.datamodule import TokenDataModule
     from lit_inheritune.data.prepare import prepare
-    from lit_inheritune.hf import HFModelSpec
-    from lit_inheritune.model import GPTConfig
+    from lit_inheritune.models.gpt import GPTConfig
+    from lit_inheritune.models.hf import HFModelSpec
     from lit_inheritune.training.optim import OptimConfig
 
     assert _fields(schema.GPTModelSchema) == _fields(GPTConfig) | {"_target_"}
@@ -31,7 +31,8 @@ def test_schemas_have_the_fields_of_what_they_instantiate():
 
 def test_every_method_config_names_a_recipe_with_its_own_checks_and_the_parts_the_code_has():
     from lit_inheritune.config import CONFIG_DIR, compose
-    from lit_inheritune.surgery import ATTN_SCALES, BLOCK_PARTS
+    from lit_inheritune.models import ATTN_SCALES
+    from lit_inheritune.models.gpt import BLOCK_PARTS
 
     names = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
     assert len(names) == 7

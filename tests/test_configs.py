@@ -5,7 +5,7 @@ from hydra.utils import instantiate
 
 from lit_inheritune.config import CONFIG_DIR, compose
 from lit_inheritune.data.datamodule import TokenDataModule
-from lit_inheritune.model import GPTConfig
+from lit_inheritune.models.gpt import GPTConfig
 from lit_inheritune.training.optim import OptimConfig
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.training.distill import DistillationLM, kd_loss
 from lit_inheritune.training.optim import OptimConfig
 

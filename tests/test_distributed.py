@@ -30,7 +30,7 @@ def test_fsdp_trains_with_global_norm_clipping(tmp_path, fixture_data_dir):
     to engage clipping on every step (the paper's 1.0 is the trainer config's, checked in test_configs)."""
     import os
 
-    from lit_inheritune.surgery import gpt_from_checkpoint
+    from lit_inheritune.models import load_checkpoint
 
     norms, clip = tmp_path / "grad_norms.json", 0.3
     cmd = [sys.executable, "-m", "lit_inheritune", *TINY, "trainer=fsdp", "trainer.accelerator=cpu",
@@ -53,4 +53,4 @@ def test_fsdp_trains_with_global_norm_clipping(tmp_path, fixture_data_dir):
     run_dir = tmp_path / "outputs" / "fsdp" / "inheritune-n2-block-reinherit-s1"
     digests = json.loads((run_dir / "round1-L2" / "weights_digest.json").read_text())["built"]
     assert len(digests) == 2 and digests[0] == digests[1]  # both ranks built the same target before sharding
-    assert gpt_from_checkpoint(run_dir / "round1-L2" / "checkpoints" / "last.ckpt").config.n_layer == 2
+    assert load_checkpoint(run_dir / "round1-L2" / "checkpoints" / "last.ckpt").config.n_layer == 2

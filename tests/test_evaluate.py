@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lit_inheritune.config import compose
 from lit_inheritune.evaluate import GPTLM, EvaluationError, evaluate_checkpoint, load_tasks, task_manager
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.tokenizer import load_bpe
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig

@@ -21,7 +21,7 @@ from lit_inheritune.export import (
     to_hf_gpt2,
     to_hf_state_dict,
 )
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.tokenizer import gpt2_tokenizer, load_bpe, train_bpe
 
 FIXTURE_CORPUS = Path(__file__).parent / "fixtures" / "corpus"
@@ -51,7 +51,7 @@ def full_block_tokens(config: GPTConfig) -> torch.Tensor:
 
 
 def save_checkpoint(path: Path, model: GPT) -> Path:
-    """The parts of a Lightning checkpoint of our CausalLM that gpt_from_checkpoint reads."""
+    """The parts of a Lightning checkpoint of our CausalLM that models.load_checkpoint reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
                 "hyper_parameters": {"model": model.config.to_dict()}}, path)
@@ -201,7 +201,7 @@ def test_bad_requests_fail_clearly_before_writing(tmp_path, monkeypatch, capsys)
 
 
 def test_models_hf_gpt2_cannot_express_are_refused():
-    from lit_inheritune.model import renumber_blocks
+    from lit_inheritune.models.gpt import renumber_blocks
     from lit_inheritune.surgery import stack_blocks
 
     model = tiny_gpt(n_layer=2)

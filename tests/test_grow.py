@@ -150,10 +150,10 @@ def test_a_new_method_is_a_config_file_and_a_class(tmp_path, fixture_data_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[new] stage 2 of 2: embedding-L2 (the reference's token embedding only), 10 steps" in out.stdout
     stage = tmp_path / "outputs" / "new" / "embedding_only-L2-s1" / "embedding-L2"
-    from lit_inheritune.surgery import gpt_from_checkpoint
+    from lit_inheritune.models import load_checkpoint
 
-    trained = gpt_from_checkpoint(stage / "checkpoints" / "last.ckpt")
-    reference = gpt_from_checkpoint(tmp_path / "outputs" / "new" / "scratch-L4-T10-s1" / "checkpoints" / "last.ckpt")
+    trained = load_checkpoint(stage / "checkpoints" / "last.ckpt")
+    reference = load_checkpoint(tmp_path / "outputs" / "new" / "scratch-L4-T10-s1" / "checkpoints" / "last.ckpt")
     assert trained.config.n_layer == 2 and reference.config.n_layer == 4
     # trained 10 steps from the reference's embedding: close to it, not equal (a random embedding is far)
     assert 0 < (trained.transformer.wte.weight - reference.transformer.wte.weight).abs().max() < 0.1

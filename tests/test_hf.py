@@ -9,14 +9,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from lit_inheritune.analysis import analyze_pretrained
 from lit_inheritune.config import compose
-from lit_inheritune.hf import (
+from lit_inheritune.models import SurgeryError, family, load_checkpoint
+from lit_inheritune.models.hf import (
     SMOLLM2_GGUF,
     SMOLLM2_PATH,
     HFCausalLM,
     HFLoadError,
     HFModelSpec,
-    analyze_hf,
     cached_gguf_dir,
     decoder_layers,
     gguf_as_hf_dir,
@@ -25,7 +26,6 @@ from lit_inheritune.hf import (
     load_hf_model,
     smollm2_gguf,
 )
-from lit_inheritune.surgery import SurgeryError, gpt_from_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The project's data cache: read when a CLI run already converted the GGUF there, never written by tests.
@@ -217,7 +217,7 @@ def test_wrapper_trains_like_our_gpt_and_round_trips_through_a_checkpoint(tmp_pa
     module = CausalLM(model, OptimConfig(warmup_steps=0, decay_steps=10))
     path = tmp_path / "last.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    back = gpt_from_checkpoint(path)  # loads with weights_only=True
+    back = load_checkpoint(path)  # loads with weights_only=True
     assert isinstance(back, HFCausalLM) and back.config.n_layer == 3 and back.block_size == 16
     assert _equal_modules(back, model)
     grown = grow_hf(back, HFCausalLM(_tiny_llama(tie=False)), n_new=1)
@@ -265,14 +265,14 @@ def test_cpu_smollm2_twin_runs_two_training_steps(tmp_path, smol_cache):
     assert stages["reference"]["n_layer"] == 30 and stages["reference"]["val_loss"] < result["val_loss"] + 5
     manifest = json.loads((tmp_path / "fixture-smollm2" / "manifest.json").read_text())
     assert manifest["tokenizer"]["kind"] == "hf" and manifest["vocab_size"] == 49152
-    trained = gpt_from_checkpoint(result["last_checkpoint"])
+    trained = load_checkpoint(result["last_checkpoint"])
     assert isinstance(trained, HFCausalLM) and trained.config.n_layer == 15 and trained.block_size == 32
 
 
 @needs_gguf
 def test_hf_attention_analysis_end_to_end(tmp_path, smol_cache):
-    result = analyze_hf(SMOLLM2_PATH, tmp_path / "analysis", gguf_file=SMOLLM2_GGUF, cache_dir=smol_cache,
-                        text=FIXTURES / "corpus", label="smollm2", n_seq=4, seq_len=32)
+    result = analyze_pretrained(family("hf"), SMOLLM2_PATH, tmp_path / "analysis", gguf_file=SMOLLM2_GGUF,
+                                cache_dir=smol_cache, text=FIXTURES / "corpus", label="smollm2", n_seq=4, seq_len=32)
     report = result["reports"]["smollm2"]
     assert report["n_layer"] == 30 and report["n_head"] == 9
     assert len(report["max_rank"]) == 30 and all(1 <= r <= 32 for r in report["max_rank"])
@@ -288,10 +288,10 @@ def test_hf_attention_analysis_end_to_end(tmp_path, smol_cache):
 def test_evaluate_scores_a_pretrained_hf_model_with_its_own_tokenizer(tmp_path, smol_cache):
     """`evaluate hf=smollm2`: the full reference of the Appendix B twin is scored like our checkpoints, and its
     lm-eval log-likelihoods are the HF model's own summed token log-probs."""
-    from lit_inheritune.evaluate import GPTLM, EvaluationError, evaluate_checkpoint, pretrained_hf
+    from lit_inheritune.evaluate import GPTLM, EvaluationError, evaluate_checkpoint, pretrained_model
 
     hf = {"path": "smollm2", "gguf_file": None, "cache_dir": smol_cache}
-    model, tok, source = pretrained_hf(**hf)
+    model, tok, source = pretrained_model(**hf)
     assert source.endswith(SMOLLM2_GGUF)  # the alias, resolved
     lm = GPTLM(model, tok, batch_size=2, device="cpu")
     context, continuation = tok.encode("The cat sat on the"), tok.encode(" mat")
@@ -302,8 +302,8 @@ def test_evaluate_scores_a_pretrained_hf_model_with_its_own_tokenizer(tmp_path, 
     assert logprob == pytest.approx(expected, abs=1e-4)
 
     report = evaluate_checkpoint(None, ["lambada_mini"], tmp_path / "out", include_path=str(FIXTURES / "lm_eval"),
-                                 hf=hf, bootstrap_iters=0)
+                                 pretrained=hf, bootstrap_iters=0)
     assert 0.0 <= report["results"]["lambada_mini"]["acc,none"] <= 1.0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["ckpt"].endswith(SMOLLM2_GGUF)
     with pytest.raises(EvaluationError, match="pass data_dir"):
-        evaluate_checkpoint(None, ["lastword"], tmp_path / "out2", hf=hf)
+        evaluate_checkpoint(None, ["lastword"], tmp_path / "out2", pretrained=hf)

@@ -12,9 +12,9 @@ from conftest import TINY
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
 from lit_inheritune.methods import reference_dir, scratch_dir
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models import load_checkpoint
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.run import run
-from lit_inheritune.surgery import gpt_from_checkpoint
 from lit_inheritune.training import runner
 
 
@@ -70,7 +70,7 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     assert round1.stat().st_mtime_ns == stamp  # round 1 was not trained again
     mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    assert gpt_from_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
+    assert load_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
     # the run's log has every step once, the stage's slice counts from the stage's start
     with open(run_dir / "csv" / "metrics.csv") as f:
         val_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")]
@@ -204,7 +204,7 @@ def test_round_one_starts_from_the_reference_as_configured(tmp_path, fixture_dat
     embedding, wpe / ln_f only when asked, and a fresh init everywhere else; method.* reaches the surgery."""
     cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "train.max_steps=10", *overrides)
     run(cfg)
-    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     start, fresh = initial_models["round1-L2"], _fresh(reference, 2, cfg.seed)
     assert torch.equal(start.transformer.wte.weight, reference.transformer.wte.weight)
     for name, copied in (("wpe", copy_wpe), ("ln_f", copy_ln_f)):
@@ -229,8 +229,8 @@ def test_growth_round_starts_from_the_reference_or_the_trained_target(tmp_path, 
     model (blocks, embeddings, final norm) with reference block 2 appended."""
     cfg = _cfg(tmp_path, fixture_data_dir, f"method.grow_mode={grow_mode}", "train.max_steps=10")
     first, _ = run(cfg)
-    reference = gpt_from_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
-    trained = gpt_from_checkpoint(first["last_checkpoint"])
+    reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
+    trained = load_checkpoint(first["last_checkpoint"])
     start = initial_models["round2-L3"]
     assert not _same(trained.transformer.h[0], reference.transformer.h[0])  # round 1 moved away from its source
     if grow_mode == "reinherit":

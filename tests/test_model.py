@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lit_inheritune.config import compose
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 
 # PAPER.md section 2: computed parameter counts (vocab 50304, context 1024, tied head), in millions,
 # for the reference and its variant depth.

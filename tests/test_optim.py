@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.training.optim import OptimConfig, WarmupCosine, build_optimizer
 
 

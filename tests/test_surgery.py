@@ -3,11 +3,9 @@
 import pytest
 import torch
 
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models import SurgeryError, load_checkpoint
+from lit_inheritune.models.gpt import BLOCK_PARTS, GPT, GPTConfig
 from lit_inheritune.surgery import (
-    BLOCK_PARTS,
-    SurgeryError,
-    gpt_from_checkpoint,
     grow,
     half_width,
     hybrid_stack,
@@ -143,8 +141,8 @@ def test_bad_requests_fail_clearly(call, message):
 def test_checkpoint_of_something_else_is_rejected(tmp_path):
     path = tmp_path / "x.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
-    with pytest.raises(SurgeryError, match="not a lit_inheritune GPT checkpoint"):
-        gpt_from_checkpoint(path)
+    with pytest.raises(SurgeryError, match="not a lit_inheritune checkpoint"):
+        load_checkpoint(path)
 
 
 def test_stack_blocks_repeats_trained_blocks_in_order():
@@ -259,7 +257,7 @@ def test_source_scale_policy_survives_a_checkpoint(tmp_path):
     module = CausalLM(moved, OptimConfig())
     path = tmp_path / "moved.ckpt"  # what Lightning's checkpoint holds of the module
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    back = gpt_from_checkpoint(path)
+    back = load_checkpoint(path)
     assert back.config.attn_scale_index == [6, 1, 7]
     assert [b.layer_idx for b in back.transformer.h] == [6, 1, 7]
     idx = torch.randint(0, 64, (2, 8))

@@ -17,7 +17,7 @@ from test_evaluate import write_run
 
 from lit_inheritune.data.prepare import load_prepared
 from lit_inheritune.evaluate import GPTLM, EvaluationError, evaluate_checkpoint, task_manager
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.tasks import TaskError, last_word_task_name, write_last_word_task
 from lit_inheritune.tokenizer import load_bpe
 

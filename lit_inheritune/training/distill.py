@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lit_inheritune.model import GPT
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
 
@@ -31,7 +30,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
 
 
 class DistillationLM(CausalLM):
-    def __init__(self, student: GPT, teacher: GPT, optim: OptimConfig, alpha: float = 0.6,
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, optim: OptimConfig, alpha: float = 0.6,
                  temperature: float = 1.0, meta: dict | None = None):
         super().__init__(student, optim, {**(meta or {}), "alpha": alpha, "temperature": temperature})
         if teacher.config.vocab_size != student.config.vocab_size:

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.models import upgrade_config_class
 
 IDENTITY_FILE = "identity.json"
 
@@ -66,8 +67,20 @@ def stage_identity(cfg: DictConfig, *, n_layer: int, steps: int, seed: int, init
     }
 
 
+def upgrade(identity):
+    """The identity as it is recorded now: a model config class recorded under the path it had before the model
+    families moved to lit_inheritune/models (e.g. lit_inheritune.model.GPTConfig) is named by its path now, so
+    stages trained before the move are still recognised as the same."""
+    if isinstance(identity, dict):
+        return {k: upgrade_config_class(v) if k == "_target_" and isinstance(v, str) else upgrade(v)
+                for k, v in identity.items()}
+    if isinstance(identity, list):
+        return [upgrade(v) for v in identity]
+    return identity
+
+
 def fingerprint(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(upgrade(identity), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _flatten(obj, prefix: str = "") -> dict:
@@ -81,7 +94,7 @@ def _flatten(obj, prefix: str = "") -> dict:
 
 def differences(recorded: dict, wanted: dict) -> list[tuple[str, object, object]]:
     """(dotted key, recorded value, wanted value) for every key whose values differ."""
-    a, b = _flatten(recorded), _flatten(wanted)
+    a, b = _flatten(upgrade(recorded)), _flatten(upgrade(wanted))
     missing = object()
     diffs = []
     for key in sorted(set(a) | set(b)):

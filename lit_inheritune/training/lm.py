@@ -6,38 +6,39 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from lit_inheritune.model import GPT, GPTConfig
+from lit_inheritune.models import config_dict, family_of
 from lit_inheritune.training.optim import OptimConfig, build_optimizer
 
 
 class CausalLM(L.LightningModule):
-    def __init__(self, model: GPT, optim: OptimConfig, meta: dict | None = None):
+    """Trains a model of any family (lit_inheritune/models): forward(idx, targets) -> {"logits", "loss", ...}."""
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, meta: dict | None = None):
         super().__init__()
         self.model = model
         self.optim = optim
         self.val_loss = MeanMetric()  # not persistent: checkpoints hold only the model
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
-            {"model": model.config.to_dict(), "optim": vars(optim).copy(), "meta": dict(meta or {})}
+            {"model": config_dict(model), "optim": vars(optim).copy(), "meta": dict(meta or {})}
         )
 
     @classmethod
-    def from_config(cls, model: GPTConfig, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
-        return cls(GPT(model), optim, meta)
+    def from_config(cls, model, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
+        """A randomly initialised model of the instantiated model config `model`, of its family."""
+        return cls(family_of(model).random(model), optim, meta)
 
     def replace_model(self, model) -> None:
         """Swap in another model (a stage's grown one): its config is what the checkpoints record."""
         self.model = model
-        self.hparams["model"] = model.config.to_dict()
+        self.hparams["model"] = config_dict(model)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A fit that grows (training/grow.py) saves the model of the stage it is in; rebuild that model before
         # Lightning loads its weights and, after this hook, builds the optimizer around it.
         recorded = (checkpoint.get("hyper_parameters") or {}).get("model")
-        if recorded is not None and recorded != self.model.config.to_dict():
-            from lit_inheritune.surgery import model_from_config
-
-            self.replace_model(model_from_config(recorded).to(self.device))
+        if recorded is not None and recorded != config_dict(self.model):
+            self.replace_model(family_of(recorded).from_hparams(recorded, None).to(self.device))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)

@@ -200,7 +200,7 @@ def _is_fsdp(cfg: DictConfig) -> bool:
 def _fit_per_stage(cfg: DictConfig, make_module, model, datamodule, growth: Growth, header) -> list[dict]:
     """FSDP restores a checkpoint only after wrapping the module, so a resumed fit could not grow before its
     weights load: under FSDP every stage is its own fit in its own directory, and the recipe's growth decides."""
-    from lit_inheritune.surgery import gpt_from_checkpoint
+    from lit_inheritune.models import load_checkpoint
 
     results = []
     for i, stage in enumerate(growth.stages):
@@ -212,7 +212,7 @@ def _fit_per_stage(cfg: DictConfig, make_module, model, datamodule, growth: Grow
         results.append(result)
         if growth.stop(result):
             break
-        model = gpt_from_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
+        model = load_checkpoint(result["last_checkpoint"])  # the trained weights, also on resume
     return results
 
 

