@@ -26,7 +26,7 @@ from lit_inheritune.training.grow import Growth
 from lit_inheritune.training.identity import check_stage_dir, method_identity, stage_identity
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
-from lit_inheritune.training.runner import fit_growth, fit_stage, write_json_atomic
+from lit_inheritune.training.runner import fit_growth, fit_stage, is_fsdp, write_json_atomic
 
 
 @dataclass
@@ -227,6 +227,11 @@ class Growing(Recipe):
     def grown_stages(self, cfg: DictConfig) -> list[Stage]:
         raise NotImplementedError
 
+    def first_batch(self, cfg: DictConfig, index: int) -> dict:
+        """Where stage `index` starts in the seed's batch stream, when not at 0: in one fit, at its first step
+        (under FSDP each stage is its own fit and replays the stream from 0, as the earlier runner did)."""
+        return {"first_batch": index * int(cfg.train.max_steps)} if index and not is_fsdp(cfg) else {}
+
     def make_module(self, cfg: DictConfig):
         """(model, stage name) -> the LightningModule of a stage, each with a fresh T-step schedule."""
         return lambda model, stage: self.module(model, _optim(cfg, cfg.train.max_steps), meta=_meta(cfg, stage))
@@ -258,7 +263,7 @@ class Inheritune(Growing):
         ref = reference_identity(cfg)
         rounds: list[Stage] = []
         for rnd, n_layer in enumerate(inheritune_depths(cfg)):
-            sources = {"reference": ref, "round": rnd}
+            sources = {"reference": ref, "round": rnd, **self.first_batch(cfg, rnd)}
             if rnd and m.grow_mode == "append":
                 sources["previous"] = rounds[-1].identity
                 if m.get("carry_optimizer"):
@@ -378,7 +383,7 @@ class Stacking(Growing):
         first = Stage(f"stage1-L{n // 2}", Path(cfg.run_dir) / f"stage1-L{n // 2}", first_identity,
                       f"random init, {n // 2}L, seed {cfg.seed}")
         return [first, derived_stage(cfg, f"stage2-L{n}", n, "stacking", f"{n // 2}L stage 1 stacked twice",
-                                     previous=first.identity)]
+                                     previous=first.identity, **self.first_batch(cfg, 1))]
 
     plan = grown_stages
 

@@ -125,7 +125,7 @@ class GrowCallback(L.Callback):
             stage_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(stage_dir / IDENTITY_FILE, stage.identity)
         ckpt = stage_dir / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(ckpt)  # every rank calls it; rank 0 writes (atomically)
+        trainer.save_checkpoint(ckpt, weights_only=False)  # every rank calls it; rank 0 writes (atomically)
         _check_ranks(trainer, pl_module, stage_dir, "ranks")
         wall0, secs0, tokens0 = self._stage_clock or (time.time(), 0.0, 0)
         speed = _speed(trainer)
@@ -149,7 +149,7 @@ class GrowCallback(L.Callback):
             "last_checkpoint": str(ckpt),
             "best_checkpoint": "",
             "fingerprint": fingerprint(stage.identity),
-            "provenance": {**provenance(), "seed": int(stage.identity["seed"])},
+            "provenance": {**provenance(), "seed": int(stage.identity["seed"]), "config_sha256": _config_sha256(trainer)},
         }
         if trainer.is_global_zero:
             _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps)
@@ -164,10 +164,13 @@ class GrowCallback(L.Callback):
         """Give the module the grown model: a new optimizer and schedule, and under DDP a new wrapper."""
         old_optimizer = trainer.optimizers[0]
         old_names = {id(p): n for n, p in pl_module.model.named_parameters()}
-        pl_module.replace_model(model.to(pl_module.device))
+        # in training mode: this runs after validation, and Lightning restores the mode only of modules it saw before
+        pl_module.replace_model(model.to(pl_module.device).train())
         pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name
         strategy = trainer.strategy
         strategy.precision_plugin.convert_module(pl_module)  # as Lightning's setup did for the first model
+        # before DDP wraps it: the wrapper broadcasts rank 0's weights, which would hide ranks that grew differently
+        _check_ranks(trainer, pl_module, Path(self.growth.stages[self.index].dir), "built")
         from lightning.pytorch.strategies import DDPStrategy
 
         if isinstance(strategy, DDPStrategy):
@@ -176,7 +179,6 @@ class GrowCallback(L.Callback):
         strategy.setup_optimizers(trainer)
         if self.growth.carry_optimizer:
             carry_adam_state(old_optimizer, old_names, trainer.optimizers[0], dict(pl_module.model.named_parameters()))
-        _check_ranks(trainer, pl_module, Path(self.growth.stages[self.index].dir), "built")
 
     def _mark_start(self, trainer) -> None:
         speed = _speed(trainer)
@@ -205,6 +207,14 @@ def carry_adam_state(old: torch.optim.Optimizer, old_names: dict[int, str], new:
                 new.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
                 carried += 1
     return carried
+
+
+def _config_sha256(trainer) -> str:
+    """The fit's config.yaml hash (fit_stage's), the stage's config too."""
+    import hashlib
+
+    path = Path(trainer.default_root_dir) / "config.yaml"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def _speed(trainer):

@@ -25,8 +25,11 @@ IDENTITY_FILE = "identity.json"
 # loop's control (how far to grow, when to stop), which decides which stages run, not what each one computes.
 _DATA_IGNORED = ("_target_", "data_dir", "num_workers", "verify_checksum", "prepare")
 _MODEL_IGNORED = ("cache_dir",)
-# `module` only repeats method keys (alpha, temperature) as the LightningModule's arguments.
-_METHOD_IGNORED = ("tag", "reference", "scratch_baselines", "tolerance", "max_layers", "grow_by", "module")
+# `module` only repeats method keys (alpha, temperature) as the LightningModule's arguments;
+# `_target_` names the recipe class, which `name` already identifies; `carry_optimizer` is recorded by the rounds
+# it changes (append growth), so stages it does not touch keep their identity.
+_METHOD_IGNORED = ("tag", "reference", "scratch_baselines", "tolerance", "max_layers", "grow_by", "module",
+                   "_target_", "carry_optimizer")
 
 
 def _plain(node) -> dict:

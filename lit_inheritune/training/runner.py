@@ -168,7 +168,7 @@ def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataM
     it ran. `make_module(model, stage)` builds the LightningModule; `header(stage)` the stage's start line."""
     run_dir = Path(cfg.run_dir)
     growth.header = header
-    if _is_fsdp(cfg):
+    if is_fsdp(cfg):
         return _fit_per_stage(cfg, make_module, model, datamodule, growth, header)
     fit_file = run_dir / FIT_FILE
     check_stage_dir(run_dir, identity)
@@ -188,10 +188,12 @@ def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataM
     first = growth.stages[0]
     fit_stage(cfg, make_module(model, first.name), datamodule, run_dir, stage=first.name, identity=identity,
               max_steps=growth.max_steps, header=header(first), grow=callback)
-    return callback.results
+    dirs = {stage.name: Path(stage.dir) for stage in growth.stages}
+    # results restored from a checkpoint name the paths of the process that wrote them: the stages are here now
+    return [{**r, "last_checkpoint": str(dirs[r["stage"]] / "checkpoints" / "last.ckpt")} for r in callback.results]
 
 
-def _is_fsdp(cfg: DictConfig) -> bool:
+def is_fsdp(cfg: DictConfig) -> bool:
     strategy = cfg.trainer.get("strategy")
     name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
     return "fsdp" in name.lower()
