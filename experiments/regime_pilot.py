@@ -52,6 +52,10 @@ CONFIGS: dict[str, tuple[int, int, list[str], str]] = {
 FALLBACK = {"name": "fallback_8v4", "k": 8, "T": 500, "ref_steps": [1000, 1500, 2000], "ref_seed": 0,
             "half_seeds": [1, 2]}
 
+# Groups whose runs are a config's runs too (same overrides, depth and steps): the fallback's 8L and 4L runs at
+# 1000 steps are base_8v4's pair.
+SAME_RUNS = {"base_8v4": ["fallback_8v4"]}
+
 # The suite of issue #15 item 2 in units of one k/2-layer run of T steps, an estimate for the cost rule:
 # Table 1 Large-like (3 seeds x round 1, scratch T, 2T = 12), Medium-like growth (3 x (2 rounds + scratch T, 2T
 # at up to 2k/3 depth) ~ 19), Table 2 (~9), Table 3 (9), KD (~5 with the teacher's forward), lazy transfer
@@ -107,8 +111,10 @@ def collect() -> dict:
     data = {}
     for name, (k, steps, overrides, hypothesis) in CONFIGS.items():
         runs = {}
+        groups = [f"regime_{name}", *(f"regime_{g}" for g in SAME_RUNS.get(name, []))]
         for n_layer in (k, k // 2):
-            for path in sorted((ROOT / "outputs" / f"regime_{name}").glob(f"scratch-L{n_layer}-T{steps}-s*/result.json")):
+            paths = [p for g in groups for p in (ROOT / "outputs" / g).glob(f"scratch-L{n_layer}-T{steps}-s*/result.json")]
+            for path in sorted(paths):
                 r = json.loads(path.read_text())
                 r["curve"] = sorted(val_curve(path.parent).items())
                 runs.setdefault(n_layer, []).append(r)
@@ -178,6 +184,30 @@ def judge(entry: dict) -> dict:
             "status": "meets the rule" if meets else ("needs seeds" if not seeded and gap >= 0.05 else "fails")}
 
 
+def trend_estimate(data: dict, verdicts: dict) -> list[str]:
+    """Where the measured trend would meet the rule: the (b) lever, 4x the optimizer steps at the same tokens
+    (shape_4v2 -> steps_bs8_4v2), extrapolated linearly in log2(steps) until the gap reaches +0.05."""
+    a, b = verdicts.get("shape_4v2", {}), verdicts.get("steps_bs8_4v2", {})
+    if "gap" not in a or "gap" not in b:
+        return []
+    steps_a, steps_b = data["shape_4v2"]["steps"], data["steps_bs8_4v2"]["steps"]
+    per_doubling = (b["gap"] - a["gap"]) / math.log2(steps_b / steps_a)
+    out = ["## Where the trend would meet the rule", "",
+           f"4x the optimizer steps at the same tokens moved the gap from {a['gap']:+.4f} to {b['gap']:+.4f}: "
+           f"{per_doubling:+.4f} nats per doubling of the steps."]
+    if per_doubling <= 0:
+        out.append("The gap did not narrow, so no budget along this lever meets the rule.")
+    else:
+        doublings = (0.05 - b["gap"]) / per_doubling
+        steps = steps_b * 2 ** doublings
+        flops = _run_flops({**data["steps_bs8_4v2"], "steps": steps}, data["steps_bs8_4v2"]["k"])
+        out.append(f"Extrapolated linearly in log2(steps), the 4-layer model would lead by 0.05 after {doublings:.1f} "
+                   f"more doublings: ~{steps:.1e} steps of batch 8, ~{flops / MACHINE_FLOPS_PER_SEC / 3600:.1e} CPU "
+                   "hours for that one run on this machine. No affordable budget meets the rule: the pilot stops "
+                   "tuning and the twin takes the issue's fallback (below).")
+    return out + [""]
+
+
 def _fmt(x: float, nd: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -209,7 +239,7 @@ def report(out: Path) -> None:
         v = verdicts[name]
         if v["status"] == "incomplete":
             lines.append(f"| {name} | {entry['hypothesis']} | {entry['k']} | {entry['steps']} | "
-                         f"{' '.join(entry['overrides']) or '-'} | | | | | | | | not run |")
+                         f"{' '.join(entry['overrides']) or '-'} | | | | | | | | not run (pilot budget spent) |")
             continue
         lines.append(
             f"| {name} | {entry['hypothesis']} | {entry['k']} | {entry['steps']} | {' '.join(entry['overrides']) or '-'} "
@@ -219,7 +249,8 @@ def report(out: Path) -> None:
     chosen = [n for n, v in verdicts.items() if v["status"] == "meets the rule"]
     chosen.sort(key=lambda n: verdicts[n]["suite_hours"])
     lines += ["", "Chosen regime (cheapest that meets the rule): "
-              + (f"**{chosen[0]}**" if chosen else "none yet"), ""]
+              + (f"**{chosen[0]}**" if chosen else "none: no config met the rule within the pilot"), ""]
+    lines += trend_estimate(data, verdicts)
     fb = collect_fallback()
     fb_rows = judge_fallback(fb)
     f = FALLBACK

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# `make reproduce-cpu`: the whole CPU-scale suite, then the report that sits in experiments/results/.
-# Resumable: every experiment sets resume=true, a finished stage (its result.json) is skipped, and a killed
-# stage continues from its last checkpoint, so rerunning this script after an interruption finishes the job.
-# Roughly 5-6 hours on 2 cores; SEEDS=1 for a single-seed pass.
+# `make reproduce-cpu`: the whole CPU-scale suite (issue #15's regime), then the reports in experiments/results/.
+# Resumable: every experiment sets resume=true, a finished run (its result.json / fit.json) is skipped, and a
+# killed one continues from its last checkpoint, so rerunning this script after an interruption finishes the job.
+# The references train first, alone; then every other run is an independent job, two at a time with one thread
+# each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 5-6 hours; SEEDS=1 for one seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-SEEDS=${SEEDS:-1,2,3}
+SEEDS=${SEEDS:-1 2 3}
+JOBS=${JOBS:-2}
 # Runs and data live below LIT_INHERITUNE_ROOT (default: the repository), as for every command.
 ROOT=${LIT_INHERITUNE_ROOT:-.}
 OUT=$ROOT/outputs
@@ -14,35 +16,52 @@ DATA=$ROOT/data/embedded-bpe4096
 RESULTS=$ROOT/experiments/results
 export WANDB_MODE=${WANDB_MODE:-offline}
 run() { echo "+ $*"; "$PY" -m lit_inheritune "$@" trainer.enable_progress_bar=false; }
+# 1. The two references, each trained once and shared by its group: the 8-layer one of Tables 1-3 and KD
+#    (3T = 1500 steps, cpu_medium_16l's header says why), then the 12-layer one of the lazy-transfer twin.
+REFERENCES=("experiment=cpu_medium_16l method=scratch train.max_steps=1500 seed=0"
+            "experiment=cpu_lazy_transfer method=scratch model.n_layer=12 train.max_steps=1500 seed=0")
 
-# Table 1: the reference (trained once), Inheritune rounds, scratch at T and 2T.
-run -m experiment=cpu_medium_16l seed="$SEEDS"
-# Table 3: sub-module inheritance (the whole-block row is Table 1's round 1).
-run -m experiment=cpu_medium_table3 method.parts=attn,mlp,attn_mlp seed="$SEEDS"
-# Table 2: warm-start baselines.
-run -m experiment=cpu_medium_table2 method=stacking,hybrid_stacking,half_width seed="$SEEDS"
-# KD comparison.
-run -m experiment=cpu_medium_kd method=kd,distilbert_kd seed="$SEEDS"
-# Downstream, LAMBADA's stand-in: the embedded corpus's own last-word task for Table 1's models.
-for stage in "$OUT"/cpu_medium_16l/scratch-L8-T1000-s0 "$OUT"/cpu_medium_16l/scratch-L4-T*-s* \
+# 2. Every other run, one job per line, $JOBS at a time on one thread each. No two jobs share a run directory
+#    (Inheritune's scratch baselines are their own jobs here), and the references above are only read.
+jobs=("experiment=cpu_medium_16l method=scratch train.max_steps=1000 seed=0")  # the equal-steps premise row
+for s in $SEEDS; do
+    jobs+=("experiment=cpu_medium_16l seed=$s method.scratch_baselines=[]")  # Table 1: rounds 1 (and 2)
+    for n in 4 5; do for t in 500 1000; do
+        jobs+=("experiment=cpu_medium_16l method=scratch model.n_layer=$n train.max_steps=$t seed=$s")
+    done; done
+    for parts in attn mlp attn_mlp; do jobs+=("experiment=cpu_medium_table3 method.parts=$parts seed=$s"); done
+    for m in stacking hybrid_stacking half_width; do jobs+=("experiment=cpu_medium_table2 method=$m seed=$s"); done
+    for m in kd distilbert_kd; do jobs+=("experiment=cpu_medium_kd method=$m seed=$s"); done
+    # v4 Table 4's twin: targets from blocks 0-3, 4-7, 8-11 (moved blocks scaled by their new position, as the
+    # official code), the moved ones again keeping their own scale, and a random 4-layer model.
+    for b in 0,1,2,3 4,5,6,7 8,9,10,11; do jobs+=("experiment=cpu_lazy_transfer method.blocks=[$b] seed=$s"); done
+    for b in 4,5,6,7 8,9,10,11; do
+        jobs+=("experiment=cpu_lazy_transfer method.blocks=[$b] method.attn_scale=source seed=$s")
+    done
+    jobs+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=$s")
+done
+if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line (the tests compose each)
+    printf '%s\n' "${REFERENCES[@]}" "${jobs[@]}"
+    exit 0
+fi
+for ref in "${REFERENCES[@]}"; do run $ref; done  # 1. alone, two threads each
+export PY
+printf '%s\n' "${jobs[@]}" | OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$JOBS" -I{} \
+    bash -c 'echo "+ {}"; "$PY" -m lit_inheritune {} trainer.enable_progress_bar=false > /dev/null || echo "error: job failed: {}"'
+
+# 3. Downstream, LAMBADA's stand-in: the embedded corpus's own last-word task for Table 1's models.
+for stage in "$OUT"/cpu_medium_16l/scratch-L8-T1500-s0 "$OUT"/cpu_medium_16l/scratch-L[45]-T*-s* \
              "$OUT"/cpu_medium_16l/inheritune-n4-block-reinherit-s*/round*-L*; do
     [ -f "$stage/eval/results.json" ] || "$PY" -m lit_inheritune.evaluate ckpt="$stage/checkpoints/last.ckpt" 'tasks=[lastword]'
 done
-# Attention analysis of the reference and its round-1 Inheritune target (seed 1).
+# 4. Attention analysis (every tau of conf/analyze.yaml) of both references and the round-1 targets (seed 1).
 "$PY" -m lit_inheritune.analyze data_dir="$DATA" out_dir="$RESULTS/cpu_medium_16l/analysis" \
-    +ckpts.reference_8L="$OUT"/cpu_medium_16l/scratch-L8-T1000-s0/checkpoints/last.ckpt \
+    +ckpts.reference_8L="$OUT"/cpu_medium_16l/scratch-L8-T1500-s0/checkpoints/last.ckpt \
     +ckpts.inheritune_4L="$OUT"/cpu_medium_16l/inheritune-n4-block-reinherit-s1/round1-L4/checkpoints/last.ckpt
-# The paper's tables, ours beside the published numbers, with the curves.
-"$PY" -m lit_inheritune.report "$OUT"/cpu_medium_16l --out "$RESULTS"/cpu_medium_16l --suite cpu_medium_16l
-# Lazy vs potent transfer (v4 Table 4), one seed: a 12-layer reference, 4-layer targets from blocks 0-3,
-# 4-7, 8-11 (moved blocks scaled by their new position, as the official code), a random 4-layer model, and the
-# reference's AvgRank per block group.
-run -m experiment=cpu_lazy_transfer 'method.blocks=[0,1,2,3],[4,5,6,7],[8,9,10,11]' seed=1
-# The moved blocks again, each keeping the attention scale it was trained with (blocks 0-3 do not move).
-run -m experiment=cpu_lazy_transfer 'method.blocks=[4,5,6,7],[8,9,10,11]' method.attn_scale=source seed=1
-run experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=1
 "$PY" -m lit_inheritune.analyze data_dir="$DATA" out_dir="$RESULTS"/cpu_lazy_transfer/analysis \
-    +ckpts.reference_12L="$OUT"/cpu_lazy_transfer/scratch-L12-T1000-s0/checkpoints/last.ckpt
+    +ckpts.reference_12L="$OUT"/cpu_lazy_transfer/scratch-L12-T1500-s0/checkpoints/last.ckpt
+# 5. The paper's tables, ours beside the published numbers, with the curves.
+"$PY" -m lit_inheritune.report "$OUT"/cpu_medium_16l --out "$RESULTS"/cpu_medium_16l --suite cpu_medium_16l
 "$PY" -m lit_inheritune.report "$OUT"/cpu_lazy_transfer --out "$RESULTS"/cpu_lazy_transfer --suite cpu_lazy_transfer
 # Appendix B's twin: a pretrained SmolLM2-135M as the reference (issue #7).
 PY="$PY" bash experiments/appendix_b_cpu.sh

@@ -72,44 +72,30 @@ def test_paths_default_below_root(tmp_path, monkeypatch):
 
 
 def _reproduce_jobs():
-    """Every job `make reproduce-cpu` launches: each `run ...` line of the script, sweeps expanded."""
-    import itertools
-    import shlex
+    """Every training job `make reproduce-cpu` launches, as the script lists them (`--list`)."""
+    import subprocess
 
     script = Path(__file__).parents[1] / "experiments" / "reproduce_cpu.sh"
-    for line in script.read_text().splitlines():
-        if not line.startswith("run "):
-            continue
-        args = [a.replace('"$SEEDS"', "1,2,3") for a in shlex.split(line, posix=False)[1:] if a != "-m"]
-        args = [a.strip("'") for a in args]
-        choices = [[f"{a.split('=', 1)[0]}={v}" for v in _sweep_values(a.split("=", 1)[1])] for a in args]
-        yield from (list(job) for job in itertools.product(*choices))
-
-
-def _sweep_values(value: str) -> list[str]:
-    """Hydra's comma sweep, keeping commas inside [...] lists: '[0,1],[2,3]' -> ['[0,1]', '[2,3]']."""
-    values, depth, current = [], 0, ""
-    for ch in value:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += ch
-    return [*values, current]
+    out = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True, check=True).stdout
+    return [line.split() for line in out.splitlines()]
 
 
 def test_every_job_of_reproduce_cpu_composes_and_shares_one_reference():
     from lit_inheritune.methods import reference_dir
 
-    jobs = list(_reproduce_jobs())
-    assert len(jobs) == 3 + 9 + 9 + 6 + 3 + 2 + 1  # Table 1, 3, 2 and KD over 3 seeds; lazy transfer, both scales
-    references = set()
+    jobs = _reproduce_jobs()
+    # 2 references, the equal-steps 8L row; per seed: Table 1, 4 scratch rows, Table 3 (3), Table 2 (3), KD (2),
+    # lazy transfer (3 position + 2 source + random)
+    assert len(jobs) == 2 + 1 + 3 * (1 + 4 + 3 + 3 + 2 + 6)
+    references, dirs = set(), []
     for job in jobs:
         cfg = compose(job)
         if cfg.method.name not in ("scratch", "stacking"):  # the methods that start from the reference
             references.add((cfg.name, reference_dir(cfg).name))
-    assert references == {("cpu_medium_16l", "scratch-L8-T1000-s0"), ("cpu_lazy_transfer", "scratch-L12-T1000-s0")}
+        dirs.append(cfg.run_dir)
+    assert references == {("cpu_medium_16l", "scratch-L8-T1500-s0"), ("cpu_lazy_transfer", "scratch-L12-T1500-s0")}
+    assert len(set(dirs)) == len(dirs)  # jobs run two at a time: no two may write one run directory
+    assert ["experiment=cpu_medium_16l", "method=scratch", "train.max_steps=1500", "seed=0"] in jobs[:2]
 
 
 # What each paper experiment must compose to, from PAPER.md sections 2-4. `ref` is the reference's

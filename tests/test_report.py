@@ -46,7 +46,7 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     from lit_inheritune.report import suite_markdown, suite_tables, write_suite
 
     group = tmp_path / "cpu_medium_16l"
-    _stage(group, "scratch-L8-T1000-s0", 4.60, n_layer=8, steps=1000)
+    _stage(group, "scratch-L8-T1500-s0", 4.60, n_layer=8, steps=1500)
     for seed, (inh, scr_t, scr_2t) in {1: (4.50, 4.90, 4.55), 2: (4.54, 4.94, 4.65)}.items():
         _stage(group, f"inheritune-n4-block-reinherit-s{seed}/round1-L4", inh, curve={250: inh + 0.2, 500: inh})
         _stage(group, f"scratch-L4-T500-s{seed}", scr_t, curve={250: scr_t + 0.3, 500: scr_t})
@@ -56,12 +56,14 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
     t1 = {r["name"]: r for r in tables["table1"]["rows"]}
     assert t1["Inheritune 4L, round 1, T"]["ours"] == [4.50, 4.54]
-    assert t1["reference 8L, rand, 2T"]["paper"]["val_loss"] == 2.85
-    assert t1["Inheritune 5L, round 2, T"]["ours"] == [] and t1["Inheritune 5L, round 2, T"]["paper"] is None
+    assert t1["reference 8L, rand, 3T"]["paper"]["val_loss"] == 2.85
+    growth = {r["name"]: r for r in tables["table1_growth"]["rows"]}
+    assert growth["Inheritune 5L, round 2, T"]["ours"] == [] and growth["Inheritune 5L, round 2, T"]["paper"]["layers"] == 16
     checks = {c["claim"]: (c["ours"], c["paper"]) for c in tables["table1"]["checks"]}
     # the noise rule: 2 x pooled std over seeds; the single-seed reference takes the other side's std
     assert checks == {
-        "premise: the deep reference beats half-depth scratch at equal steps": ("tie", "holds"),  # 4.60 vs 4.60
+        "premise at equal steps: the 8L model beats half-depth scratch, both trained 2T": ("missing", "holds"),
+        "premise as run here: the 3T reference beats half-depth scratch trained 2T": ("tie", "holds"),  # 4.60 vs 4.60
         "Inheritune 4L matches the reference": ("holds", "holds"),  # by 0.08, noise 2 x 0.028
         "Inheritune 4L beats scratch 4L at T": ("holds", "holds"),
         "Inheritune 4L at T beats scratch 4L at 2T": ("tie", "holds"),  # by 0.08, noise 2 x 0.054
@@ -86,14 +88,15 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     assert "| Inheritune 4L at T beats scratch 4L at 2T | tie | +0.0800 | 0.1077 | holds |" in md
     # no identity.json in these hand-made stages: no compute columns
     assert "| 4.5200 +- 0.0283 | - | - | - | large-half-init_log | 2.80 | 9.0 +- 1.4 (2 seeds) | 34.64 |" in md
-    assert "| 5.0000 +- 0.0000 |" not in md and "| reference 8L, rand, 2T | `scratch-L8-T1000` | 0 | 4.6000 | " \
+    assert "| 5.0000 +- 0.0000 |" not in md and "| reference 8L, rand, 3T | `scratch-L8-T1500` | 0 | 4.6000 | " \
         "- | - | - | large_log | 2.85 | - | 34.14 |" in md
     assert "| Inheritune 4L, round 1, T | `inheritune-n4-block-reinherit/round1-L4` | 1,2 | 4.5200 +- 0.0283 | " \
            "- | - | - | large-half-init_log | 2.80 |" in md
     assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | missing | - | - | - | large_stacking_2rnd " \
            "| 2.87 |" in md
     assert "- commit: `" in md
-    assert all((tmp_path / "out" / f"{t}_curves.png").stat().st_size > 10_000 for t in ("table1", "table2", "table3", "kd"))
+    assert all((tmp_path / "out" / f"{t}_curves.png").stat().st_size > 10_000
+               for t in ("table1", "table1_growth", "table2", "table3", "kd"))
 
 
 def test_a_given_reference_is_a_row_from_stages_json_but_a_trained_one_is_not_repeated(tmp_path):
@@ -168,7 +171,7 @@ def test_lazy_transfer_checks_the_papers_whole_ordering_and_reports_what_it_find
     from lit_inheritune.report import suite_markdown, suite_tables
 
     group = tmp_path / "cpu_lazy_transfer"
-    _stage(group, "scratch-L12-T1000-s0", 5.0, n_layer=12, steps=1000)
+    _stage(group, "scratch-L12-T1500-s0", 5.0, n_layer=12, steps=1500)
     for label, loss in {"inheritune-b0-3-block-reinherit/round1-L4": 4.90,
                         "inheritune-b4-7-block-reinherit/round1-L4": 4.95,
                         "inheritune-b8-11-block-reinherit/round1-L4": 4.97,
