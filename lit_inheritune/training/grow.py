@@ -90,8 +90,8 @@ class GrowCallback(L.Callback):
         if self.stopped:  # killed after the last stage's result, before the fit's
             trainer.should_stop = True
         elif self.index:  # resumed in a later stage: say which
-            print(f"{self.growth.header(self.growth.stages[self.index])}, resumed at its step "
-                  f"{trainer.global_step - self.stage_start} of {self.growth.steps}", flush=True)
+            _say(trainer, f"{self.growth.header(self.growth.stages[self.index])}, resumed at its step "
+                          f"{trainer.global_step - self.stage_start} of {self.growth.steps}")
         pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name
         self._mark_start(trainer)
         self._update_bar(trainer)
@@ -104,8 +104,8 @@ class GrowCallback(L.Callback):
             return
         result = self._finish_stage(trainer, pl_module)
         verdict = self.growth.describe(result)
-        print(f"[{self.growth.name}] {result['stage']}: val loss {result['val_loss']:.4f}"
-              f"{': ' + verdict if verdict else ''}", flush=True)
+        _say(trainer, f"[{self.growth.name}] {result['stage']}: val loss {result['val_loss']:.4f}"
+                      f"{': ' + verdict if verdict else ''}")
         if self.growth.stop(result) or self.index + 1 == len(self.growth.stages):
             self.stopped = trainer.should_stop = True
             return
@@ -113,7 +113,7 @@ class GrowCallback(L.Callback):
         L.seed_everything(self.growth.seeds[self.index], workers=True, verbose=False)  # surgery's random parts
         grown = self.growth.grow(pl_module.model, self.index)
         self._install(trainer, pl_module, grown)
-        print(f"{self.growth.header(self.growth.stages[self.index])}, {self.growth.steps} steps", flush=True)
+        _say(trainer, f"{self.growth.header(self.growth.stages[self.index])}, {self.growth.steps} steps")
         self._mark_start(trainer)
         self._update_bar(trainer)
 
@@ -215,6 +215,17 @@ def _config_sha256(trainer) -> str:
 
     path = Path(trainer.default_root_dir) / "config.yaml"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def _say(trainer, text: str) -> None:
+    """A line of our own, above the progress bar rather than glued to its last redraw."""
+    from lit_inheritune.training.callbacks import StageProgressBar
+
+    bar = next((c for c in trainer.callbacks if isinstance(c, StageProgressBar)), None)
+    if bar is not None and bar._train_progress_bar is not None and not bar.train_progress_bar.disable:
+        bar.print(text)
+    elif trainer.is_global_zero:
+        print(text, flush=True)
 
 
 def _speed(trainer):
