@@ -221,7 +221,9 @@ def report(out: Path) -> None:
     lines = ["# Regime pilot: does the k-layer model beat the k/2-layer model at equal steps?", ""]
     lines += [f"- {k}: `{v}`" for k, v in provenance().items()]
     trained = sorted({r["provenance"]["commit"] for e in data.values() for rs in e["runs"].values() for r in rs})
-    lines.append(f"- runs trained at commit(s): {', '.join(f'`{c}`' for c in trained) or '-'}")
+    lines.append(f"- runs trained at commit(s): {', '.join(f'`{c}`' for c in trained) or '-'} (a run records its "
+                 "checkout's HEAD when it finishes; the runs of this session were launched while the checkout moved "
+                 "between commits of the same scratch-training code path)")
     lines += ["- runs: `python experiments/regime_pilot.py run` (one thread per run, two runs at a time); "
               "every run is `python -m lit_inheritune method=scratch` with the config's overrides",
               "- base: d=128, 4 heads, ctx 128, BPE-4096 on the embedded corpus, batch 32, lr 1e-3 -> 1e-4, "
