@@ -126,6 +126,17 @@ class RankConsistencyCheck(L.Callback):
             raise RuntimeError(f"ranks hold different weights ({when}): {digests}")
 
 
+def write_csv_atomic(path: Path, header: list[str], rows: list[dict]) -> None:
+    """A CSV log written to a temporary file and renamed into place: a kill never leaves half a log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 class _HistoryKeepingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv when it opens the directory; this one keeps it, so
     a resumed stage's log holds the steps from before the kill (trimmed by `keep_steps_before`)."""
@@ -142,12 +153,7 @@ class _HistoryKeepingWriter(ExperimentWriter):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             header, rows = sorted(reader.fieldnames or []), [r for r in reader if int(r["step"]) < step]
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        write_csv_atomic(path, header, rows)
         self.metrics_keys = header  # later rows append under the same columns
 
 

@@ -244,7 +244,7 @@ def _check_ranks(trainer, pl_module, stage_dir: Path, when: str) -> None:
 
 def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int) -> None:
     """The stage's rows of the run's CSV log, steps counted from the stage's start (as its own run would log)."""
-    from lit_inheritune.training.callbacks import ResumableCSVLogger
+    from lit_inheritune.training.callbacks import ResumableCSVLogger, write_csv_atomic
 
     for logger in trainer.loggers:
         if not isinstance(logger, ResumableCSVLogger):
@@ -257,12 +257,4 @@ def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int) -> 
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = [{**r, "step": int(r["step"]) - start} for r in reader if int(r["step"]) >= start]
-        rows = [r for r in rows if r["step"] < stage_steps]
-        out = stage_dir / "csv" / "metrics.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
+        write_csv_atomic(stage_dir / "csv" / "metrics.csv", header, [r for r in rows if r["step"] < stage_steps])
