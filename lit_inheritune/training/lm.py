@@ -23,11 +23,6 @@ class CausalLM(L.LightningModule):
             {"model": config_dict(model), "optim": vars(optim).copy(), "meta": dict(meta or {})}
         )
 
-    @classmethod
-    def from_config(cls, model, optim: OptimConfig, meta: dict | None = None) -> CausalLM:
-        """A randomly initialised model of the instantiated model config `model`, of its family."""
-        return cls(family_of(model).random(model), optim, meta)
-
     def replace_model(self, model) -> None:
         """Swap in another model (a stage's grown one): its config is what the checkpoints record."""
         self.model = model
