@@ -2,8 +2,8 @@
 # `make reproduce-cpu`: the whole CPU-scale suite (issue #15's regime), then the reports in experiments/results/.
 # Resumable: every experiment sets resume=true, a finished run (its result.json / fit.json) is skipped, and a
 # killed one continues from its last checkpoint, so rerunning this script after an interruption finishes the job.
-# The references train first, alone; then every other run is an independent job, two at a time with one thread
-# each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 5-6 hours; SEEDS=1 for one seed.
+# The 8-layer reference trains first, alone; then every other run is an independent job, two at a time with one
+# thread each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 5-6 hours; SEEDS=1 for one seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,38 +16,46 @@ DATA=$ROOT/data/embedded-bpe4096
 RESULTS=$ROOT/experiments/results
 export WANDB_MODE=${WANDB_MODE:-offline}
 run() { echo "+ $*"; "$PY" -m lit_inheritune "$@" trainer.enable_progress_bar=false; }
-# 1. The two references, each trained once and shared by its group: the 8-layer one of Tables 1-3 and KD
-#    (3T = 1500 steps, cpu_medium_16l's header says why), then the 12-layer one of the lazy-transfer twin.
-REFERENCES=("experiment=cpu_medium_16l method=scratch train.max_steps=1500 seed=0"
-            "experiment=cpu_lazy_transfer method=scratch model.n_layer=12 train.max_steps=1500 seed=0")
+# 1. The 8-layer reference of Tables 1-3 and KD (3T = 1500 steps, cpu_medium_16l's header says why), alone.
+REFERENCE="experiment=cpu_medium_16l method=scratch train.max_steps=1500 seed=0"
 
 # 2. Every other run, one job per line, $JOBS at a time on one thread each. No two jobs share a run directory
-#    (Inheritune's scratch baselines are their own jobs here), and the references above are only read.
-jobs=("experiment=cpu_medium_16l method=scratch train.max_steps=1000 seed=0")  # the equal-steps premise row
+#    (Inheritune's scratch baselines are their own jobs here), and a reference is only read once trained.
+#    Pool 1: the lazy-transfer twin's 12-layer reference (early, so that pool 2 can follow at once) beside the
+#    runs on the 8-layer one, Table 1 first (Inheritune's rounds, then its scratch rows), seed by seed.
+#    Pool 2: the runs on the 12-layer reference.
+pool1=()
+for s in $SEEDS; do pool1+=("experiment=cpu_medium_16l seed=$s method.scratch_baselines=[]"); done  # Table 1 rounds
+pool1+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=12 train.max_steps=1500 seed=0")
+pool1+=("experiment=cpu_medium_16l method=scratch train.max_steps=1000 seed=0")  # the equal-steps premise row
+for n in 4 5; do for s in $SEEDS; do for t in 500 1000; do
+    pool1+=("experiment=cpu_medium_16l method=scratch model.n_layer=$n train.max_steps=$t seed=$s")
+done; done; done
+pool2=()
 for s in $SEEDS; do
-    jobs+=("experiment=cpu_medium_16l seed=$s method.scratch_baselines=[]")  # Table 1: rounds 1 (and 2)
-    for n in 4 5; do for t in 500 1000; do
-        jobs+=("experiment=cpu_medium_16l method=scratch model.n_layer=$n train.max_steps=$t seed=$s")
-    done; done
-    for parts in attn mlp attn_mlp; do jobs+=("experiment=cpu_medium_table3 method.parts=$parts seed=$s"); done
-    for m in stacking hybrid_stacking half_width; do jobs+=("experiment=cpu_medium_table2 method=$m seed=$s"); done
-    for m in kd distilbert_kd; do jobs+=("experiment=cpu_medium_kd method=$m seed=$s"); done
+    for parts in attn mlp attn_mlp; do pool1+=("experiment=cpu_medium_table3 method.parts=$parts seed=$s"); done
+    for m in stacking hybrid_stacking half_width; do pool1+=("experiment=cpu_medium_table2 method=$m seed=$s"); done
+    for m in kd distilbert_kd; do pool1+=("experiment=cpu_medium_kd method=$m seed=$s"); done
     # v4 Table 4's twin: targets from blocks 0-3, 4-7, 8-11 (moved blocks scaled by their new position, as the
     # official code), the moved ones again keeping their own scale, and a random 4-layer model.
-    for b in 0,1,2,3 4,5,6,7 8,9,10,11; do jobs+=("experiment=cpu_lazy_transfer method.blocks=[$b] seed=$s"); done
+    for b in 0,1,2,3 4,5,6,7 8,9,10,11; do pool2+=("experiment=cpu_lazy_transfer method.blocks=[$b] seed=$s"); done
     for b in 4,5,6,7 8,9,10,11; do
-        jobs+=("experiment=cpu_lazy_transfer method.blocks=[$b] method.attn_scale=source seed=$s")
+        pool2+=("experiment=cpu_lazy_transfer method.blocks=[$b] method.attn_scale=source seed=$s")
     done
-    jobs+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=$s")
+    pool2+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=$s")
 done
 if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line (the tests compose each)
-    printf '%s\n' "${REFERENCES[@]}" "${jobs[@]}"
+    printf '%s\n' "$REFERENCE" "${pool1[@]}" "${pool2[@]}"
     exit 0
 fi
-for ref in "${REFERENCES[@]}"; do run $ref; done  # 1. alone, two threads each
+run $REFERENCE  # alone, two threads
 export PY
-printf '%s\n' "${jobs[@]}" | OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$JOBS" -I{} \
-    bash -c 'echo "+ {}"; "$PY" -m lit_inheritune {} trainer.enable_progress_bar=false > /dev/null || echo "error: job failed: {}"'
+pool() {
+    printf '%s\n' "$@" | OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$JOBS" -I{} bash -c \
+        'echo "+ {}"; "$PY" -m lit_inheritune {} trainer.enable_progress_bar=false > /dev/null || echo "error: job failed: {}"'
+}
+pool "${pool1[@]}"
+pool "${pool2[@]}"
 
 # 3. Downstream, LAMBADA's stand-in: the embedded corpus's own last-word task for Table 1's models.
 for stage in "$OUT"/cpu_medium_16l/scratch-L8-T1500-s0 "$OUT"/cpu_medium_16l/scratch-L[45]-T*-s* \
