@@ -247,6 +247,29 @@ def _earlier_rounds(run: dict, runs: list[dict]) -> list[dict]:
             and (m := _ROUND.match(Path(r["dir"]).name)) and int(m.group(1)) < int(me.group(1))]
 
 
+def rounds_not_needed(label: str, runs: list[dict]) -> str | None:
+    """Why an Inheritune round has no result, when the reason is Algorithm 1 itself: every seed's fit stopped
+    at an earlier round that matched the reference. None while any seed could still reach the round."""
+    parent, _, stage = label.rpartition("/")
+    wanted = _ROUND.match(stage)
+    if not wanted:
+        return None
+    fits = {Path(r["dir"]).parent for r in runs if r["label"].startswith(parent + "/") and _ROUND.match(
+        Path(r["dir"]).name)}
+    matched = {}
+    for fit in fits:
+        record = fit / "stages.json"
+        rounds = json.loads(record.read_text())["stages"] if record.exists() else []
+        first = next((st["stage"] for st in rounds if _ROUND.match(st["stage"]) and st.get("matched")), None)
+        if first is None or int(_ROUND.match(first).group(1)) >= int(wanted.group(1)):
+            return None
+        matched.setdefault(first.split("-")[0], []).append(_label_and_seed(fit.parent, fit)[1])
+    if not matched:
+        return None
+    return "not run: " + "; ".join(f"{stage} matched (seed{'s' * (len(seeds) > 1)} {','.join(map(str, sorted(seeds)))})"
+                                   for stage, seeds in sorted(matched.items()))
+
+
 def row_compute(row: dict, runs: list[dict]) -> dict:
     """Tokens, training FLOPs of the row's own stage and cumulative FLOPs with everything it was built from
     (compute.py), from the first seed's identity (the seeds agree on all but their seed); read off the curve
@@ -280,7 +303,7 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
                          "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
                                                   if r["label"] == row["run"] and "config_sha256" in r.get(
                                                       "provenance", {})}),
-                         "paper": paper,
+                         "paper": paper, "not_run": None if values else rounds_not_needed(row["run"], runs),
                          **row_compute(row, runs)})
         by_name = {r["name"]: r for r in rows}
         checks = []
@@ -289,6 +312,8 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
             p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
             paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
             ours = claim_verdict(lhs["ours"], rhs["ours"])
+            if ours["verdict"] == "missing" and (lhs["not_run"] or rhs["not_run"]):
+                ours["verdict"] = lhs["not_run"] or rhs["not_run"]
             checks.append({"claim": check["claim"], "ours": ours["verdict"], "margin": ours["margin"],
                            "noise": ours["noise"],
                            "paper": paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
@@ -313,7 +338,7 @@ def suite_markdown(table: dict) -> str:
         paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
         paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
             "val_loss"] else f"{paper['val_loss']:.4f}"
-        line = (f"| {row['name']} | `{run}` | {seeds} | {_fmt(row['ours'])} | {_fmt_count(row['tokens'])} | "
+        line = (f"| {row['name']} | `{run}` | {seeds} | {row['not_run'] or _fmt(row['ours'])} | {_fmt_count(row['tokens'])} | "
                 f"{_fmt_count(row['flops'])} | {_fmt_count(row['cumulative_flops'])} | {paper_name} | {paper_loss} |")
         if evaluated:
             line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"

@@ -198,3 +198,32 @@ def test_lazy_transfer_checks_the_papers_whole_ordering_and_reports_what_it_find
     [source_row] = [line for line in md.splitlines() if line.startswith("| from blocks 4-7, source scale |")]
     assert "`inheritune-b4-7-block-reinherit-scale_source/round1-L4` | 1,2 | 4.8500 +- 0.0014 |" in source_row
     assert source_row.endswith("| - | - |")  # no published counterpart: the paper ran the position scale
+
+
+def test_a_round_algorithm_1_never_reached_says_why_instead_of_missing(tmp_path):
+    from lit_inheritune.report import suite_markdown, suite_tables
+
+    group = tmp_path / "cpu_medium_16l"
+    _stage(group, "scratch-L8-T1500-s0", 4.60, n_layer=8, steps=1500)
+
+    def fit(seed, rounds):  # the growing run's record: each round's val loss and whether it matched
+        run = f"inheritune-n4-block-reinherit-s{seed}"
+        for i, (loss, matched) in enumerate(rounds, start=1):
+            _stage(group, f"{run}/round{i}-L{3 + i}", loss, n_layer=3 + i)
+        (group / run / "stages.json").write_text(json.dumps({"reference": {"last_checkpoint": "x"}, "stages": [
+            {"stage": f"round{i}-L{3 + i}", "val_loss": loss, "matched": matched}
+            for i, (loss, matched) in enumerate(rounds, start=1)]}))
+
+    fit(1, [(4.55, True)])
+    fit(2, [(4.58, True)])
+    tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
+    md = suite_markdown(tables["table1_growth"])
+    assert "| Inheritune 5L, round 2, T | `inheritune-n4-block-reinherit/round2-L5` | - | not run: round1 matched " \
+           "(seeds 1,2) |" in md
+    assert "| growth: Inheritune 5L (round 2) beats round 1 | not run: round1 matched (seeds 1,2) |" in md
+    assert "| scratch 5L, T | `scratch-L5-T500` | - | missing |" in md  # a run nobody made is still missing
+
+    fit(3, [(4.70, False), (4.59, True)])  # one seed that grew: round 2 has its result, the others' reason is moot
+    tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
+    growth = {r["name"]: r for r in tables["table1_growth"]["rows"]}
+    assert growth["Inheritune 5L, round 2, T"]["ours"] == [4.59] and growth["Inheritune 5L, round 2, T"]["not_run"] is None
