@@ -44,6 +44,7 @@ for s in $SEEDS; do
     done
     pool2+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=$s")
 done
+pool2+=("experiment=cpu_smollm2_15l")  # Appendix B's training run; its evaluations and table come last (6.)
 if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line (the tests compose each)
     printf '%s\n' "$REFERENCE" "${pool1[@]}" "${pool2[@]}"
     exit 0
@@ -71,5 +72,5 @@ done
 # 5. The paper's tables, ours beside the published numbers, with the curves.
 "$PY" -m lit_inheritune.report "$OUT"/cpu_medium_16l --out "$RESULTS"/cpu_medium_16l --suite cpu_medium_16l
 "$PY" -m lit_inheritune.report "$OUT"/cpu_lazy_transfer --out "$RESULTS"/cpu_lazy_transfer --suite cpu_lazy_transfer
-# Appendix B's twin: a pretrained SmolLM2-135M as the reference (issue #7).
+# 6. Appendix B's twin: a pretrained SmolLM2-135M as the reference (issue #7).
 PY="$PY" bash experiments/appendix_b_cpu.sh
