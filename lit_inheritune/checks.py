@@ -63,6 +63,12 @@ def check_train(cfg: DictConfig) -> None:
     for key in ("val_every_n_steps", "log_every_n_steps", "accumulate_grad_batches"):
         _positive(f"train.{key}", cfg.train[key])
     check_steps(cfg, "train.max_steps", cfg.train.max_steps)
+    # Stages end by asking the Trainer to stop (a matched round, stacking's stage 1), and Lightning ignores that
+    # request until min_steps / min_epochs are reached (min_epochs=1 is an endless epoch here).
+    for key in ("min_steps", "min_epochs"):
+        if cfg.trainer.get(key) is not None:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: a stage's length is train.max_steps (and the "
+                              f"method's rounds); remove trainer.{key}")
 
 
 def check_optim(cfg: DictConfig) -> None:

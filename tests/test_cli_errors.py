@@ -107,6 +107,7 @@ CASES = {
     "negative_steps": (train("train.max_steps=-20"), ["train.max_steps=-20"]),
     "negative_reference_steps": (
         train("method=inheritune", "method.reference.max_steps=-40"), ["method.reference.max_steps", "-40"]),
+    "trainer_min_steps": (train("method=inheritune", "+trainer.min_steps=20"), ["trainer.min_steps=20", "remove"]),
     "steps_not_a_number": (train("train.max_steps=abc"), ["train.max_steps=abc", "Integer"]),
     "lr_not_a_number": (train("optim.lr=fast"), ["optim.lr=fast", "Float"]),
     "misspelt_key": (train("train.max_stepz=10"), ["train.max_stepz is not a config key"]),
