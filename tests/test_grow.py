@@ -108,6 +108,13 @@ def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path
     assert stages[4] == 1.0 and stages[14] == 2.0 and set(stages.values()) == {1.0, 2.0}
 
 
+def _log(run_dir: Path, *columns: str) -> list[tuple]:
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [tuple(r[c] for c in columns) for r in csv.DictReader(f) if any(r[c] for c in columns[1:])]
+
+
 # -- a method added by a config file and a class alone (no edit to the runner)
 
 class EmbeddingOnly(FromReference):
@@ -190,5 +197,7 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
     alone = runner.fit_stage(cfg, module, datamodule, tmp_path / "alone", stage="alone", identity={"alone": 1},
                              max_steps=int(cfg.train.max_steps))
     assert alone["val_loss"] == round2["val_loss"]
+    logged = [_log(Path(r["last_checkpoint"]).parents[1], "step", "train/tokens", "val/loss") for r in (alone, round2)]
+    assert logged[0] == logged[1] and logged[0]  # the stage's slice of the fit's log reads as its own run's
     mine, theirs = (torch.load(r["last_checkpoint"], weights_only=True)["state_dict"] for r in (alone, round2))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

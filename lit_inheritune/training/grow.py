@@ -152,7 +152,7 @@ class GrowCallback(L.Callback):
             "provenance": {**provenance(), "seed": int(stage.identity["seed"]), "config_sha256": _config_sha256(trainer)},
         }
         if trainer.is_global_zero:
-            _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps)
+            _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps, tokens // self.growth.steps)
             run_config = Path(trainer.default_root_dir) / "config.yaml"
             if run_config.is_file():  # beside the stage's checkpoint, where evaluate/export look for the data
                 shutil.copyfile(run_config, stage_dir / "config.yaml")
@@ -242,8 +242,9 @@ def _check_ranks(trainer, pl_module, stage_dir: Path, when: str) -> None:
             cb.compare(trainer, pl_module, when, stage_dir)
 
 
-def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int) -> None:
-    """The stage's rows of the run's CSV log, steps counted from the stage's start (as its own run would log)."""
+def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int, tokens_per_step: int) -> None:
+    """The stage's rows of the run's CSV log, steps and tokens counted from the stage's start (as its own run
+    would log them)."""
     from lit_inheritune.training.callbacks import ResumableCSVLogger, write_csv_atomic
 
     for logger in trainer.loggers:
@@ -257,4 +258,7 @@ def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int) -> 
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = [{**r, "step": int(r["step"]) - start} for r in reader if int(r["step"]) >= start]
+        for r in rows:
+            if r.get("train/tokens"):
+                r["train/tokens"] = float(r["train/tokens"]) - start * tokens_per_step
         write_csv_atomic(stage_dir / "csv" / "metrics.csv", header, [r for r in rows if r["step"] < stage_steps])
