@@ -23,14 +23,14 @@ REFERENCE="experiment=cpu_medium_16l method=scratch train.max_steps=1500 seed=0"
 #    (Inheritune's scratch baselines are their own jobs here), and a reference is only read once trained.
 #    Pool 1: the lazy-transfer twin's 12-layer reference (early, so that pool 2 can follow at once) beside the
 #    runs on the 8-layer one, Table 1 first (Inheritune's rounds, then its scratch rows), seed by seed.
-#    Pool 2: the runs on the 12-layer reference.
+#    Pool 2: the runs on the 12-layer reference, Appendix B's, and the scratch 5L rows.
 pool1=()
 for s in $SEEDS; do pool1+=("experiment=cpu_medium_16l seed=$s method.scratch_baselines=[]"); done  # Table 1 rounds
 pool1+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=12 train.max_steps=1500 seed=0")
 pool1+=("experiment=cpu_medium_16l method=scratch train.max_steps=1000 seed=0")  # the equal-steps premise row
-for n in 4 5; do for s in $SEEDS; do for t in 500 1000; do
-    pool1+=("experiment=cpu_medium_16l method=scratch model.n_layer=$n train.max_steps=$t seed=$s")
-done; done; done
+for s in $SEEDS; do for t in 500 1000; do
+    pool1+=("experiment=cpu_medium_16l method=scratch model.n_layer=4 train.max_steps=$t seed=$s")
+done; done
 pool2=()
 for s in $SEEDS; do
     for parts in attn mlp attn_mlp; do pool1+=("experiment=cpu_medium_table3 method.parts=$parts seed=$s"); done
@@ -45,6 +45,10 @@ for s in $SEEDS; do
     pool2+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=$s")
 done
 pool2+=("experiment=cpu_smollm2_15l")  # Appendix B's training run; its evaluations and table come last (6.)
+# The Medium-like twin's scratch 5L rows, the bar for a round 2 (which runs only where round 1 fell short): last.
+for s in $SEEDS; do for t in 500 1000; do
+    pool2+=("experiment=cpu_medium_16l method=scratch model.n_layer=5 train.max_steps=$t seed=$s")
+done; done
 if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line (the tests compose each)
     printf '%s\n' "$REFERENCE" "${pool1[@]}" "${pool2[@]}"
     exit 0
