@@ -57,7 +57,7 @@ run $REFERENCE  # alone, two threads
 export PY
 pool() {
     printf '%s\n' "$@" | OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 xargs -P "$JOBS" -I{} bash -c \
-        'echo "+ {}"; "$PY" -m lit_inheritune {} trainer.enable_progress_bar=false > /dev/null || echo "error: job failed: {}"'
+        'echo "+ {}"; "$PY" -m lit_inheritune {} trainer.enable_progress_bar=false || echo "error: job failed: {}"'
 }
 pool "${pool1[@]}"
 pool "${pool2[@]}"
