@@ -49,8 +49,8 @@ pool2+=("experiment=cpu_smollm2_15l")  # Appendix B's training run; its evaluati
 for s in $SEEDS; do for t in 500 1000; do
     pool2+=("experiment=cpu_medium_16l method=scratch model.n_layer=5 train.max_steps=$t seed=$s")
 done; done
-if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line (the tests compose each)
-    printf '%s\n' "$REFERENCE" "${pool1[@]}" "${pool2[@]}"
+if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line, "--" between the phases
+    printf '%s\n' "$REFERENCE" -- "${pool1[@]}" -- "${pool2[@]}"  # (the tests compose each and check the order)
     exit 0
 fi
 run $REFERENCE  # alone, two threads
@@ -60,6 +60,10 @@ pool() {
         'echo "+ {}"; "$PY" -m lit_inheritune {} trainer.enable_progress_bar=false || echo "error: job failed: {}"'
 }
 pool "${pool1[@]}"
+# A failed job only prints its error so that the others go on, but pool 2 reads the 12-layer reference: without
+# it every job there would train the reference itself, two of them into one directory.
+LAZY_REFERENCE=$OUT/cpu_lazy_transfer/scratch-L12-T1500-s0/result.json
+[ -f "$LAZY_REFERENCE" ] || { echo "error: $LAZY_REFERENCE is missing: the 12-layer reference failed; see above" >&2; exit 1; }
 pool "${pool2[@]}"
 
 # 3. Downstream, LAMBADA's stand-in: the embedded corpus's own last-word task for Table 1's models.

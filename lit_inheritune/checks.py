@@ -66,7 +66,7 @@ def check_train(cfg: DictConfig) -> None:
     # Stages end by asking the Trainer to stop (a matched round, stacking's stage 1), and Lightning ignores that
     # request until min_steps / min_epochs are reached (min_epochs=1 is an endless epoch here).
     for key in ("min_steps", "min_epochs"):
-        if cfg.trainer.get(key) is not None:
+        if cfg.trainer.get(key):  # (0 and null are the defaults)
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: a stage's length is train.max_steps (and the "
                               f"method's rounds); remove trainer.{key}")
 

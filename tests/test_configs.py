@@ -71,31 +71,36 @@ def test_paths_default_below_root(tmp_path, monkeypatch):
     assert Path(cfg.paths.data_dir).parent == tmp_path
 
 
-def _reproduce_jobs():
-    """Every training job `make reproduce-cpu` launches, as the script lists them (`--list`)."""
+def _reproduce_phases():
+    """Every training job `make reproduce-cpu` launches, as the script lists them (`--list`): the phases it runs
+    one after the other (the reference alone, pool 1, pool 2), each a list of jobs' overrides."""
     import subprocess
 
     script = Path(__file__).parents[1] / "experiments" / "reproduce_cpu.sh"
     out = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True, check=True).stdout
-    return [line.split() for line in out.splitlines()]
+    return [[line.split() for line in phase.strip().splitlines()] for phase in out.split("--\n")]
 
 
-def test_every_job_of_reproduce_cpu_composes_and_shares_one_reference():
+def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an_earlier_phase():
     from lit_inheritune.methods import reference_dir
 
-    jobs = _reproduce_jobs()
+    phases = _reproduce_phases()
     # 2 references, the equal-steps 8L row; per seed: Table 1, 4 scratch rows, Table 3 (3), Table 2 (3), KD (2),
     # lazy transfer (3 position + 2 source + random); Appendix B's run on its pretrained reference
-    assert len(jobs) == 2 + 1 + 3 * (1 + 4 + 3 + 3 + 2 + 6) + 1
-    references, dirs = set(), []
-    for job in jobs:
-        cfg = compose(job)
-        if cfg.method.name not in ("scratch", "stacking") and cfg.name != "cpu_smollm2_15l":  # trained refs
-            references.add((cfg.name, reference_dir(cfg).name))
-        dirs.append(cfg.run_dir)
-    assert references == {("cpu_medium_16l", "scratch-L8-T1500-s0"), ("cpu_lazy_transfer", "scratch-L12-T1500-s0")}
-    assert len(set(dirs)) == len(dirs)  # jobs run two at a time: no two may write one run directory
-    assert ["experiment=cpu_medium_16l", "method=scratch", "train.max_steps=1500", "seed=0"] in jobs[:2]
+    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2), 3 * 6 + 1 + 3 * 2]
+    trained_in, reads = {}, []
+    for phase, jobs in enumerate(phases):
+        for job in jobs:
+            cfg = compose(job)
+            assert Path(cfg.run_dir) not in trained_in  # jobs run two at a time: no two may write one run directory
+            trained_in[Path(cfg.run_dir)] = phase
+            if cfg.method.name not in ("scratch", "stacking") and cfg.name != "cpu_smollm2_15l":  # trained refs
+                reads.append((phase, cfg.name, Path(reference_dir(cfg))))
+    assert {(name, ref.name) for _, name, ref in reads} == {
+        ("cpu_medium_16l", "scratch-L8-T1500-s0"), ("cpu_lazy_transfer", "scratch-L12-T1500-s0")}
+    # a reference is trained, by one job, in a phase that ends before any job reading it starts
+    assert all(trained_in[ref] < phase for phase, _, ref in reads)
+    assert phases[0] == [["experiment=cpu_medium_16l", "method=scratch", "train.max_steps=1500", "seed=0"]]
 
 
 # What each paper experiment must compose to, from PAPER.md sections 2-4. `ref` is the reference's

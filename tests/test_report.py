@@ -209,7 +209,8 @@ def test_a_round_algorithm_1_never_reached_says_why_instead_of_missing(tmp_path)
     def fit(seed, rounds):  # the growing run's record: each round's val loss and whether it matched
         run = f"inheritune-n4-block-reinherit-s{seed}"
         for i, (loss, matched) in enumerate(rounds, start=1):
-            _stage(group, f"{run}/round{i}-L{3 + i}", loss, n_layer=3 + i)
+            if not (group / run / f"round{i}-L{3 + i}").exists():
+                _stage(group, f"{run}/round{i}-L{3 + i}", loss, n_layer=3 + i)
         (group / run / "stages.json").write_text(json.dumps({"reference": {"last_checkpoint": "x"}, "stages": [
             {"stage": f"round{i}-L{3 + i}", "val_loss": loss, "matched": matched}
             for i, (loss, matched) in enumerate(rounds, start=1)]}))
@@ -222,6 +223,15 @@ def test_a_round_algorithm_1_never_reached_says_why_instead_of_missing(tmp_path)
            "(seeds 1,2) |" in md
     assert "| growth: Inheritune 5L (round 2) beats round 1 | not run: round1 matched (seeds 1,2) |" in md
     assert "| scratch 5L, T | `scratch-L5-T500` | - | missing |" in md  # a run nobody made is still missing
+
+    (group / "inheritune-n4-block-reinherit-s3" / "checkpoints").mkdir(parents=True)  # seed 3 still in round 1
+    (group / "inheritune-n4-block-reinherit-scale_source-s1" / "checkpoints").mkdir(parents=True)  # another run
+    for round1 in ([], [(4.70, False)]):  # still in round 1; fell short and round 2 has not ended yet
+        if round1:
+            fit(3, round1)
+        tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
+        assert "| Inheritune 5L, round 2, T | `inheritune-n4-block-reinherit/round2-L5` | - | missing |" in \
+            suite_markdown(tables["table1_growth"])
 
     fit(3, [(4.70, False), (4.59, True)])  # one seed that grew: round 2 has its result, the others' reason is moot
     tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
