@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,10 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
     with pytest.raises(ConfigError, match="resume=true"):
         run(killed)  # an interrupted run is never overwritten silently
 
-    [resumed] = run(_cfg(tmp_path / "b", fixture_data_dir, "resume=true"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        [resumed] = run(_cfg(tmp_path / "b", fixture_data_dir, "resume=true"))
+    assert not [w for w in caught if "Checkpoint directory" in str(w.message)]  # resuming there is the point
     assert resumed["steps"] == 40
     weights = torch.load(resumed["last_checkpoint"], weights_only=True)["state_dict"]
     for name, tensor in weights_expected.items():

@@ -86,6 +86,9 @@ def quiet_third_parties() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"The anonymous setting has no effect")
+    # A resumed stage writes into its own checkpoints/ by design; whether a directory may be reused at all is
+    # decided before (identity.json), so Lightning's warning about a non-empty one only alarms.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
