@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -42,7 +43,7 @@ def _state(path):
 
 @pytest.mark.parametrize("grow_mode", ["reinherit", "append"])
 def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_weights(tmp_path, fixture_data_dir,
-                                                                                      monkeypatch, grow_mode):
+                                                                                      monkeypatch, grow_mode, capsys):
     """Rounds 1 and 2 are one fit. Killed at step 35 (round 2, 3 layers; its last checkpoint at step 30), the
     resumed fit rebuilds the 3-layer model before loading its weights and optimizer, and ends with the weights,
     val losses and log rows of a run that was never killed. Round 1 is not trained again."""
@@ -62,7 +63,10 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
 
     with pytest.raises(ConfigError, match="resume=true"):
         run(cfg)
+    capsys.readouterr()
     results = run(_cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}", "resume=true"))
+    said = [line for line in re.split(r"[\r\n]", capsys.readouterr().out) if "round" in line and "resum" in line]
+    assert len(said) == 1 and "round2" in said[0] and said[0].endswith("resumed at its step 10 of 20"), said
     assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"] == [r["stage"] for r in whole]
     assert [r["n_layer"] for r in results] == [2, 3]
     assert all(r["steps"] == 20 and not r["matched"] for r in results)

@@ -89,7 +89,8 @@ class GrowCallback(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.stopped:  # killed after the last stage's result, before the fit's
             trainer.should_stop = True
-        elif self.index:  # resumed in a later stage: say which
+            _say(trainer, f"{self.growth.header(self.growth.stages[self.index])}: done, finishing the run's record")
+        elif trainer.global_step:  # resumed: say in which stage
             _say(trainer, f"{self.growth.header(self.growth.stages[self.index])}, resumed at its step "
                           f"{trainer.global_step - self.stage_start} of {self.growth.steps}")
         pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name

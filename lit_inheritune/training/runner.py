@@ -115,8 +115,9 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
-    length = f"{grow.growth.steps} steps" if grow else f"{steps} steps"
-    print(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
+    if not (grow and last.exists()):  # a growing fit resumes in a stage only its checkpoint knows: it says which
+        length = f"{grow.growth.steps} steps" if grow else f"{steps} steps"
+        print(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage_dir / IDENTITY_FILE, identity)
     OmegaConf.save(cfg, stage_dir / "config.yaml", resolve=True)
