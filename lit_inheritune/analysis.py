@@ -477,6 +477,10 @@ def write_markdown(reports: Mapping[str, dict], path: str | Path, prov: dict) ->
         near = " / ".join(str(sum(v["near_rank1_heads"])) for v in r["per_tau"].values())
         lines.append(f"| {label} | {per_tau} | {half['n_lazy']} of {len(half['layers'])} "
                      f"| {'yes' if half['group_lazy'] else 'no'} | {near} of {heads} |")
+    none = [label for label, r in reports.items() if not any(
+        v["lazy_layers"] or any(v["near_rank1_heads"]) for v in r["per_tau"].values())]
+    if none:
+        lines += ["", f"No lazy layer and no near-rank-1 head at any tau in: {', '.join(none)}."]
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path

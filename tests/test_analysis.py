@@ -148,7 +148,7 @@ def test_measure_attention_shapes_and_orderings():
         measure_attention(model, val, n_seq=2, seq_len=17)
 
 
-def test_lazy_layers_and_near_rank1_heads_are_counted(monkeypatch):
+def test_lazy_layers_and_near_rank1_heads_are_counted(monkeypatch, tmp_path):
     """Stub the attention so the answers are known: layer 0 random, layer 1 all sink (lazy),
     layer 2 one sink head among random ones."""
     from lit_inheritune import analysis
@@ -173,6 +173,15 @@ def test_lazy_layers_and_near_rank1_heads_are_counted(monkeypatch):
     assert report["last_half"] == {"layers": [1, 2], "n_lazy": 1, "mean_max_rank": pytest.approx(
         (1 + report["max_rank"][2]) / 2), "group_lazy": math.floor((1 + report["max_rank"][2]) / 2) == 1}
     assert all(report["per_tau"][key]["lazy_layers"] == [1] for key in report["per_tau"])
+
+    # the table says in words which models have nothing lazy at any tau
+    monkeypatch.undo()
+    clean = measure_attention(tiny_gpt(), val, n_seq=5, seq_len=16, near_rank1=0.5)  # no head can be <= 0.5
+    prov = dict(command="c", commit="x", hardware="h", date="d")
+    path = analysis.write_markdown({"lazy": report, "clean": clean}, tmp_path / "max_rank.md", prov)
+    assert path.read_text().rstrip().endswith("No lazy layer and no near-rank-1 head at any tau in: clean.")
+    analysis.write_markdown({"lazy": report}, path, prov)
+    assert "No lazy layer" not in path.read_text()
 
 
 def test_qk_grad_norms_leave_the_model_untouched():
