@@ -3,7 +3,8 @@
 # Resumable: every experiment sets resume=true, a finished run (its result.json / fit.json) is skipped, and a
 # killed one continues from its last checkpoint, so rerunning this script after an interruption finishes the job.
 # The 8-layer reference trains first, alone; then every other run is an independent job, two at a time with one
-# thread each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 5-6 hours; SEEDS=1 for one seed.
+# thread each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 9-10 hours (a 500-step 4L
+# job takes ~11 min on one thread beside another; the 12L reference 60 min); SEEDS=1 for one seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
