@@ -431,10 +431,11 @@ def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
         lines.append(f"| `{label}` | {len(entries)} | {', '.join(rounds)} | {cost} |")
     if not lines:
         return []
-    firsts = {stage for entries in by_run.values() for _, stage, _ in entries}
-    note = ["", "Round 1 matched the reference in every seed, so no growth round ran: append, reinherit and "
-            "carry-optimizer growth differ only from round 2 on and cost the same here."] \
-        if firsts and all(stage and stage.startswith("round1-") for stage in firsts) else []
+    at_once = [f"`{label}`" for label, entries in by_run.items()
+               if all(stage and stage.startswith("round1-") for _, stage, _ in entries)]
+    note = ["", f"Round 1 matched the reference in every seed of {', '.join(at_once)}: no growth round ran there, "
+            "so append, reinherit and carry-optimizer growth (which differ from round 2 on) would cost the same."] \
+        if at_once else []
     return ["## Compute to match the reference", "",
             "| Inheritune run | seeds | first matching round | cumulative FLOPs to get there |",
             "|---|---|---|---|", *lines, *note, ""]

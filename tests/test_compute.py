@@ -73,4 +73,4 @@ def test_report_counts_the_compute_to_match_the_reference(tmp_path, fixture_data
     expected = cumulative_flops(stages["round1-L1"])
     assert expected == pytest.approx(stage_flops(stages["reference"]) + stage_flops(stages["round1-L1"]))
     assert lines[4] == f"| `inheritune-n1-block-reinherit` | 1 | round1-L1 | {expected:.2e} FLOPs (mean of 1) |"
-    assert lines[6].startswith("Round 1 matched the reference in every seed, so no growth round ran")
+    assert lines[6].startswith("Round 1 matched the reference in every seed of `inheritune-n1-block-reinherit`: no growth")
