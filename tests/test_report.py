@@ -208,7 +208,7 @@ def test_a_round_algorithm_1_never_reached_says_why_instead_of_missing(tmp_path)
 
     def fit(seed, rounds):  # the growing run's record: each round's val loss and whether it matched
         run = f"inheritune-n4-block-reinherit-s{seed}"
-        for i, (loss, matched) in enumerate(rounds, start=1):
+        for i, (loss, _) in enumerate(rounds, start=1):
             if not (group / run / f"round{i}-L{3 + i}").exists():
                 _stage(group, f"{run}/round{i}-L{3 + i}", loss, n_layer=3 + i)
         (group / run / "stages.json").write_text(json.dumps({"reference": {"last_checkpoint": "x"}, "stages": [
