@@ -254,11 +254,12 @@ def rounds_not_needed(label: str, runs: list[dict]) -> str | None:
     wanted = _ROUND.match(stage)
     if not wanted:
         return None
-    fits = {Path(r["dir"]).parent for r in runs if r["label"].startswith(parent + "/") and _ROUND.match(
-        Path(r["dir"]).name)}
-    # and every other seed's run on disk, finished or not (one still in round 1 has no round result yet)
-    fits |= {p for fit in fits for p in fit.parent.iterdir()
-             if p.is_dir() and re.fullmatch(re.escape(_SEED.sub("", fit.name)) + r"-s\d+", p.name)}
+    known = next((Path(r["dir"]).parent for r in runs if r["label"].startswith(parent + "/")), None)
+    if known is None:
+        return None
+    # every seed's run on disk, finished or not (one still in round 1 has no round result yet)
+    fits = [p for p in known.parent.iterdir()
+            if p.is_dir() and re.fullmatch(re.escape(_SEED.sub("", known.name)) + r"-s\d+", p.name)]
     matched = {}
     for fit in fits:
         record = fit / "stages.json"

@@ -134,8 +134,8 @@ class GrowCallback(L.Callback):
         tokens_seen = (speed.train_tokens if speed else 0) - tokens0
         val_loss = float(trainer.callback_metrics["val/loss"])
         model = pl_module.model
-        tokens = self.growth.steps * trainer.datamodule.tokens_per_step * trainer.accumulate_grad_batches \
-            * trainer.world_size
+        tokens_per_step = trainer.datamodule.tokens_per_step * trainer.accumulate_grad_batches * trainer.world_size
+        tokens = self.growth.steps * tokens_per_step
         result = {
             "stage": stage.name,
             "n_layer": model.config.n_layer,
@@ -153,7 +153,7 @@ class GrowCallback(L.Callback):
             "provenance": {**provenance(), "seed": int(stage.identity["seed"]), "config_sha256": _config_sha256(trainer)},
         }
         if trainer.is_global_zero:
-            _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps, tokens // self.growth.steps)
+            _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps, tokens_per_step)
             run_config = Path(trainer.default_root_dir) / "config.yaml"
             if run_config.is_file():  # beside the stage's checkpoint, where evaluate/export look for the data
                 shutil.copyfile(run_config, stage_dir / "config.yaml")
