@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import time
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,17 @@ class _KillAtStep(runner.L.Callback):
             raise RuntimeError("simulated kill")
 
 
+class _SlowFrom(L.Callback):
+    """Sleeps 0.3 s inside each training batch from optimizer step `step` to `until` (the SpeedMonitor's clock runs)."""
+
+    def __init__(self, step, until):
+        self.step, self.until = step, until
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.step <= trainer.global_step < self.until:
+            time.sleep(0.3)
+
+
 def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -51,7 +63,7 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     cfg = _cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}")
     original = runner._callbacks
     monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
-        [_KillAtStep(35)] if k.get("growing") else [])])
+        [_SlowFrom(20, until=30), _KillAtStep(35)] if k.get("growing") else [])])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     monkeypatch.setattr(runner, "_callbacks", original)
@@ -70,6 +82,9 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"] == [r["stage"] for r in whole]
     assert [r["n_layer"] for r in results] == [2, 3]
     assert all(r["steps"] == 20 and not r["matched"] for r in results)
+    # round 2's clock counts from its start: all 20 steps' tokens, and its 3 s before the kill
+    assert results[1]["tokens_per_sec"] * results[1]["train_seconds"] == pytest.approx(results[1]["tokens"])
+    assert results[1]["train_seconds"] >= 3.0 and results[1]["wall_seconds"] >= 3.0
     assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
     assert round1.stat().st_mtime_ns == stamp  # round 1 was not trained again
     mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])

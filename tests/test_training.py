@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,17 @@ class _CrashAt(runner.L.Callback):
             raise RuntimeError("simulated kill")
 
 
+class _SlowUntil(runner.L.Callback):
+    """Sleeps 0.2 s inside each training batch before optimizer step `step` (the SpeedMonitor's clock runs)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step < self.step:
+            time.sleep(0.2)
+
+
 def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixture_data_dir, monkeypatch):
     straight = _cfg(tmp_path / "a", fixture_data_dir)
     [expected] = run(straight)
@@ -67,11 +79,14 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
 
     killed = _cfg(tmp_path / "b", fixture_data_dir)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _CrashAt(30)])
+    # the 20 steps before the kill's last checkpoint take 4 s, more than the 20 after the resume
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _SlowUntil(20), _CrashAt(30)])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(killed)
     last = Path(killed.run_dir) / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 20
+    clock = torch.load(last, weights_only=True)["callbacks"]["SpeedMonitor"]
+    assert clock["train_seconds"] >= 4.0
     assert not (Path(killed.run_dir) / "result.json").exists()
     monkeypatch.setattr(runner, "_callbacks", original)
 
@@ -87,6 +102,9 @@ def test_killed_run_resumes_from_saved_step_with_same_data_order(tmp_path, fixtu
     for name, tensor in weights_expected.items():
         torch.testing.assert_close(weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert resumed["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-4)
+    # the clock counts the whole run: every step's tokens, and at least the time the checkpoint had recorded
+    assert resumed["tokens_per_sec"] * resumed["train_seconds"] == pytest.approx(resumed["tokens"])
+    assert resumed["train_seconds"] > clock["train_seconds"] and resumed["wall_seconds"] > clock["wall_seconds"]
 
     # A finished run is not trained again.
     [again] = run(_cfg(tmp_path / "b", fixture_data_dir, "resume=true"))

@@ -24,19 +24,40 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 class SpeedMonitor(L.Callback):
     """Logs tokens seen and training tokens/s (all ranks) every `log_every_n_steps` optimizer steps.
 
-    Only time inside training batches counts, so validation and checkpointing don't dilute tokens/s.
+    Only time inside training batches counts, so validation and checkpointing don't dilute tokens/s. The
+    totals ride in the checkpoint, so a resumed run's result counts the time it spent before the kill (up to
+    its last checkpoint) too.
     """
 
     def __init__(self) -> None:
         self.train_seconds = 0.0
         self.train_tokens = 0
+        self._wall_before = 0.0  # wall seconds of the run before this fit resumed it
+        self._fit_start: float | None = None
         self._t0: float | None = None
         self._window = [0, 0.0]  # tokens, seconds since the last log
 
     @property
     def tokens_per_sec(self) -> float:
-        """Mean over this fit (resumed runs count from the resume)."""
+        """Mean over the whole run, resumes included."""
         return self.train_tokens / self.train_seconds if self.train_seconds else float("nan")
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time of the whole run, resumes included (a killed fit's time after its last checkpoint is not)."""
+        return self._wall_before + (time.time() - self._fit_start if self._fit_start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds, "train_tokens": self.train_tokens,
+                "wall_seconds": self.wall_seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_seconds = float(state_dict["train_seconds"])
+        self.train_tokens = int(state_dict["train_tokens"])
+        self._wall_before = float(state_dict["wall_seconds"])
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.time()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()

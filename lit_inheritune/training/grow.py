@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +71,19 @@ class GrowCallback(L.Callback):
         self.index = 0  # the stage being trained
         self.results: list[dict] = []
         self.stopped = False  # the recipe ended the fit (a resumed fit must not train on)
-        self._stage_clock: tuple[float, float, int] | None = None  # (wall start, train seconds, tokens) at start
+        # the SpeedMonitor's (wall seconds, train seconds, tokens) when the stage began; in the checkpoint, so that
+        # a stage resumed mid-way still counts from its real start
+        self._stage_clock: tuple[float, float, int] | None = None
 
     # -- state that a resumed fit needs: which stage, and what the finished ones scored
     def state_dict(self) -> dict:
-        return {"index": self.index, "results": self.results, "stopped": self.stopped}
+        return {"index": self.index, "results": self.results, "stopped": self.stopped, "stage_clock": self._stage_clock}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.index, self.results = int(state_dict["index"]), list(state_dict["results"])
         self.stopped = bool(state_dict["stopped"])
+        clock = state_dict.get("stage_clock")  # absent in checkpoints written before it was kept
+        self._stage_clock = (float(clock[0]), float(clock[1]), int(clock[2])) if clock else None
 
     @property
     def stage_start(self) -> int:
@@ -94,7 +97,8 @@ class GrowCallback(L.Callback):
             _say(trainer, f"{self.growth.header(self.growth.stages[self.index])}, resumed at its step "
                           f"{trainer.global_step - self.stage_start} of {self.growth.steps}")
         pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name
-        self._mark_start(trainer)
+        if self._stage_clock is None:
+            self._mark_start(trainer)
         self._update_bar(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -128,8 +132,8 @@ class GrowCallback(L.Callback):
         ckpt = stage_dir / "checkpoints" / "last.ckpt"
         trainer.save_checkpoint(ckpt, weights_only=False)  # every rank calls it; rank 0 writes (atomically)
         _check_ranks(trainer, pl_module, stage_dir, "ranks")
-        wall0, secs0, tokens0 = self._stage_clock or (time.time(), 0.0, 0)
         speed = _speed(trainer)
+        wall0, secs0, tokens0 = self._stage_clock or (speed.wall_seconds if speed else 0.0, 0.0, 0)
         secs = (speed.train_seconds if speed else 0.0) - secs0
         tokens_seen = (speed.train_tokens if speed else 0) - tokens0
         val_loss = float(trainer.callback_metrics["val/loss"])
@@ -146,7 +150,7 @@ class GrowCallback(L.Callback):
             "val_ppl": math.exp(min(val_loss, 50.0)),
             "tokens_per_sec": tokens_seen / secs if secs else float("nan"),
             "train_seconds": secs,
-            "wall_seconds": time.time() - wall0,
+            "wall_seconds": (speed.wall_seconds if speed else 0.0) - wall0,
             "last_checkpoint": str(ckpt),
             "best_checkpoint": "",
             "fingerprint": fingerprint(stage.identity),
@@ -183,7 +187,7 @@ class GrowCallback(L.Callback):
 
     def _mark_start(self, trainer) -> None:
         speed = _speed(trainer)
-        self._stage_clock = (time.time(), speed.train_seconds if speed else 0.0, speed.train_tokens if speed else 0)
+        self._stage_clock = (speed.wall_seconds, speed.train_seconds, speed.train_tokens) if speed else (0.0, 0.0, 0)
 
     def _update_bar(self, trainer) -> None:
         from lit_inheritune.training.callbacks import StageProgressBar

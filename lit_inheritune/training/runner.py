@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import secrets
-import time
 import warnings
 from pathlib import Path
 
@@ -133,7 +132,6 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         default_root_dir=str(stage_dir),
         max_steps=steps,
     )
-    started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
 
     val_loss = trainer.callback_metrics.get("val/loss")
@@ -152,7 +150,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         "val_ppl": math.exp(min(val_loss, 50.0)),
         "tokens_per_sec": speed.tokens_per_sec,
         "train_seconds": speed.train_seconds,
-        "wall_seconds": time.time() - started,
+        "wall_seconds": speed.wall_seconds,
         "last_checkpoint": str(last),
         "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else "",
         "fingerprint": fingerprint(identity),
