@@ -102,8 +102,14 @@ def check_seeds_agree(rows: list[dict]) -> None:
 
 
 def _without_seed(identity: dict) -> dict:
-    """A stage's identity less its own seed (the sweep variable); the sources it nests keep theirs."""
-    return {**identity, "seed": None, "data": {**identity.get("data", {}), "seed": None}}
+    """A stage's identity less its own seed (the sweep variable), and less the seed of the earlier stage of the
+    same run it builds on (`init.previous`: stacking's first stage, append growth's round before), which the
+    sweep seeded too. Shared sources (the reference, a teacher) keep theirs."""
+    unseeded = {**identity, "seed": None, "data": {**identity.get("data", {}), "seed": None}}
+    init = identity.get("init") or {}
+    if init.get("previous"):
+        unseeded["init"] = {**init, "previous": _without_seed(init["previous"])}
+    return unseeded
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:

@@ -149,6 +149,22 @@ def test_seeds_of_a_row_made_under_other_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError):
         write_report(group, tmp_path / "out")
 
+    # a stage built on an earlier stage of its own run (stacking's second stage) nests that stage's seed too;
+    # the shared reference's seed is a setting like any other
+    def stacked(seed, reference_seed=0):
+        first = {**identity, "seed": seed, "data": {**identity["data"], "seed": seed}}
+        return {**first, "init": {"kind": "stacking", "previous": {**first, "init": {
+            "kind": "hybrid", "reference": {"seed": reference_seed}}}}}
+
+    for seed, reference_seed in ((1, 0), (2, 0), (3, 7)):
+        _result(group / f"stacking-L4-s{seed}" / "stage2-L4", 4.6)
+        (group / f"stacking-L4-s{seed}" / "stage2-L4" / "identity.json").write_text(
+            json.dumps(stacked(seed, reference_seed)))
+    stacking = [r for r in collect(group) if r["label"] == "stacking-L4/stage2-L4"]
+    check_seeds_agree(stacking[:2])
+    with pytest.raises(ConfigError, match=r"init.previous.init.reference.seed: 0 for seed 1, 7 for seed 3"):
+        check_seeds_agree(stacking)
+
 
 def test_every_claim_a_suite_checks_holds_in_the_paper():
     """A check states a claim of the paper, so on the paper's side it must hold (or have no published numbers,
