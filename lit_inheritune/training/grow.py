@@ -83,7 +83,7 @@ class GrowCallback(L.Callback):
         self.index, self.results = int(state_dict["index"]), list(state_dict["results"])
         self.stopped = bool(state_dict["stopped"])
         clock = state_dict.get("stage_clock")  # absent in checkpoints written before it was kept
-        self._stage_clock = (float(clock[0]), float(clock[1]), int(clock[2])) if clock else None
+        self._stage_clock = tuple(clock) if clock else None
 
     @property
     def stage_start(self) -> int:
@@ -133,9 +133,9 @@ class GrowCallback(L.Callback):
         trainer.save_checkpoint(ckpt, weights_only=False)  # every rank calls it; rank 0 writes (atomically)
         _check_ranks(trainer, pl_module, stage_dir, "ranks")
         speed = _speed(trainer)
-        wall0, secs0, tokens0 = self._stage_clock or (speed.wall_seconds if speed else 0.0, 0.0, 0)
-        secs = (speed.train_seconds if speed else 0.0) - secs0
-        tokens_seen = (speed.train_tokens if speed else 0) - tokens0
+        wall0, secs0, tokens0 = self._stage_clock  # set when the stage began (on_train_start, or the round before)
+        secs = speed.train_seconds - secs0
+        tokens_seen = speed.train_tokens - tokens0
         val_loss = float(trainer.callback_metrics["val/loss"])
         model = pl_module.model
         tokens_per_step = trainer.datamodule.tokens_per_step * trainer.accumulate_grad_batches * trainer.world_size
@@ -150,7 +150,7 @@ class GrowCallback(L.Callback):
             "val_ppl": math.exp(min(val_loss, 50.0)),
             "tokens_per_sec": tokens_seen / secs if secs else float("nan"),
             "train_seconds": secs,
-            "wall_seconds": (speed.wall_seconds if speed else 0.0) - wall0,
+            "wall_seconds": speed.wall_seconds - wall0,
             "last_checkpoint": str(ckpt),
             "best_checkpoint": "",
             "fingerprint": fingerprint(stage.identity),
@@ -187,7 +187,7 @@ class GrowCallback(L.Callback):
 
     def _mark_start(self, trainer) -> None:
         speed = _speed(trainer)
-        self._stage_clock = (speed.wall_seconds, speed.train_seconds, speed.train_tokens) if speed else (0.0, 0.0, 0)
+        self._stage_clock = (speed.wall_seconds, speed.train_seconds, speed.train_tokens)
 
     def _update_bar(self, trainer) -> None:
         from lit_inheritune.training.callbacks import StageProgressBar
@@ -234,9 +234,10 @@ def _say(trainer, text: str) -> None:
 
 
 def _speed(trainer):
+    """The fit's SpeedMonitor (runner._callbacks always adds one)."""
     from lit_inheritune.training.callbacks import SpeedMonitor
 
-    return next((c for c in trainer.callbacks if isinstance(c, SpeedMonitor)), None)
+    return next(c for c in trainer.callbacks if isinstance(c, SpeedMonitor))
 
 
 def _check_ranks(trainer, pl_module, stage_dir: Path, when: str) -> None:
