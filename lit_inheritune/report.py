@@ -276,8 +276,11 @@ def rounds_not_needed(label: str, runs: list[dict]) -> str | None:
         matched.setdefault(first.split("-")[0], []).append(_label_and_seed(fit.parent, fit)[1])
     if not matched:
         return None
-    return "not run: " + "; ".join(f"{stage} matched (seed{'s' * (len(seeds) > 1)} {','.join(map(str, sorted(seeds)))})"
-                                   for stage, seeds in sorted(matched.items()))
+    return "not run: " + "; ".join(f"{stage} matched ({_seeds(seeds)})" for stage, seeds in sorted(matched.items()))
+
+
+def _seeds(seeds) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {','.join(map(str, sorted(seeds)))}"
 
 
 def row_compute(row: dict, runs: list[dict]) -> dict:
@@ -433,9 +436,12 @@ def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
     lines = []
     for label, entries in by_run.items():
         reached = [c for _, stage, c in entries if stage and c is not None]
-        rounds = sorted({stage or "not reached" for _, stage, _ in entries})
+        outcomes: dict[str, list[int]] = {}  # seeds can disagree: say which seed matched where
+        for seed, stage, _ in entries:
+            outcomes.setdefault(stage or "not reached", []).append(seed)
+        rounds = "; ".join(f"{stage} ({_seeds(seeds)})" for stage, seeds in sorted(outcomes.items()))
         cost = f"{statistics.fmean(reached):.2e} FLOPs (mean of {len(reached)})" if reached else "-"
-        lines.append(f"| `{label}` | {len(entries)} | {', '.join(rounds)} | {cost} |")
+        lines.append(f"| `{label}` | {len(entries)} | {rounds} | {cost} |")
     if not lines:
         return []
     at_once = [f"`{label}`" for label, entries in by_run.items()

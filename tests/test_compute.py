@@ -1,5 +1,7 @@
 """Training compute from stage identities: the formula, and each source counted once."""
 
+import json
+
 import pytest
 
 from lit_inheritune.compute import cumulative_flops, flops_per_token, stage_flops, tokens
@@ -72,5 +74,19 @@ def test_report_counts_the_compute_to_match_the_reference(tmp_path, fixture_data
     lines = growth_cost(group, collect(group))
     expected = cumulative_flops(stages["round1-L1"])
     assert expected == pytest.approx(stage_flops(stages["reference"]) + stage_flops(stages["round1-L1"]))
-    assert lines[4] == f"| `inheritune-n1-block-reinherit` | 1 | round1-L1 | {expected:.2e} FLOPs (mean of 1) |"
+    assert lines[4] == f"| `inheritune-n1-block-reinherit` | 1 | round1-L1 (seed 1) | {expected:.2e} FLOPs (mean of 1) |"
     assert lines[6].startswith("Round 1 matched the reference in every seed of `inheritune-n1-block-reinherit`: no growth")
+
+
+def test_growth_cost_says_which_seed_matched_where(tmp_path):
+    """Seeds that disagree (one matched in round 1, one never) are named per outcome, not merged into one list."""
+    from lit_inheritune.report import growth_cost
+
+    for seed, matched in ((1, True), (2, False)):
+        fit = tmp_path / f"inheritune-n4-block-reinherit-s{seed}"
+        fit.mkdir()
+        stages = [{"stage": "reference"}, {"stage": "round1-L4", "matched": matched}]
+        (fit / "stages.json").write_text(json.dumps({"stages": stages}))
+    lines = growth_cost(tmp_path, [])
+    assert lines[4] == "| `inheritune-n4-block-reinherit` | 2 | not reached (seed 2); round1-L4 (seed 1) | - |"
+    assert len(lines) == 6  # no "round 1 matched in every seed" note: seed 2 did not
