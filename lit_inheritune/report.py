@@ -316,7 +316,8 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
                          "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
                                                   if r["label"] == row["run"] and "config_sha256" in r.get(
                                                       "provenance", {})}),
-                         "paper": paper, "not_run": None if values else rounds_not_needed(row["run"], runs),
+                         "paper": paper,
+                         "not_run": None if values else rounds_not_needed(row.get("needed_by", row["run"]), runs),
                          **row_compute(row, runs)})
         by_name = {r["name"]: r for r in rows}
         checks = []
