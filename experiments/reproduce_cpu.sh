@@ -69,7 +69,7 @@ pool "${pool1[@]}"
 LAZY_REFERENCE=$OUT/cpu_lazy_transfer/scratch-L12-T1500-s0/result.json
 [ -f "$LAZY_REFERENCE" ] || { echo "error: $LAZY_REFERENCE is missing: the 12-layer reference failed; see above" >&2; exit 1; }
 pool "${pool2[@]}"
-if compgen -G "$OUT/cpu_medium_16l/inheritune-n4-block-reinherit-s*/round2-L5" > /dev/null; then
+if compgen -G "$OUT/cpu_medium_16l/inheritune-n4-block-reinherit-s[0-9]*/round2-L5" > /dev/null; then
     pool "${pool3[@]}"
 else
     echo "[cpu_medium_16l] no seed needed a round 2: the scratch 5L rows (its bar) are not trained"

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,32 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
     # a reference is trained, by one job, in a phase that ends before any job reading it starts
     assert all(trained_in[ref] < phase for phase, _, ref in reads)
     assert phases[0] == [["experiment=cpu_medium_16l", "method=scratch", "train.max_steps=1500", "seed=0"]]
+
+
+def test_reproduce_cpu_trains_the_scratch_5l_rows_only_when_a_seed_reached_round_2(tmp_path):
+    """The whole script with a stub for python that records each command: pool 3 (the scratch 5L rows) runs
+    only once some seed of the Medium-like twin has a round2-L5 (another run's round 2 does not count)."""
+    import subprocess
+
+    script = Path(__file__).parents[1] / "experiments" / "reproduce_cpu.sh"
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$(dirname "$0")/calls"\n')
+    stub.chmod(0o755)
+    out = tmp_path / "outputs"
+    (out / "cpu_lazy_transfer" / "scratch-L12-T1500-s0").mkdir(parents=True)
+    (out / "cpu_lazy_transfer" / "scratch-L12-T1500-s0" / "result.json").write_text("{}")
+    (out / "cpu_medium_16l" / "inheritune-n4-block-reinherit-scale_source-s1" / "round2-L5").mkdir(parents=True)
+
+    def trained_5l() -> int:
+        (tmp_path / "calls").unlink(missing_ok=True)
+        env = {**os.environ, "PY": str(stub), "LIT_INHERITUNE_ROOT": str(tmp_path), "SEEDS": "1"}
+        subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
+        calls = (tmp_path / "calls").read_text().splitlines()
+        return sum("model.n_layer=5" in c for c in calls)
+
+    assert trained_5l() == 0
+    (out / "cpu_medium_16l" / "inheritune-n4-block-reinherit-s1" / "round2-L5").mkdir(parents=True)
+    assert trained_5l() == 2
 
 
 # What each paper experiment must compose to, from PAPER.md sections 2-4. `ref` is the reference's
