@@ -18,7 +18,7 @@ RESULTS=$ROOT/experiments/results
 export WANDB_MODE=${WANDB_MODE:-offline}
 run() { echo "+ $*"; "$PY" -m lit_inheritune "$@" trainer.enable_progress_bar=false; }
 # 1. The 8-layer reference of Tables 1-3 and KD (3T = 1500 steps, cpu_medium_16l's header says why), alone.
-REFERENCE="experiment=cpu_medium_16l method=scratch train.max_steps=1500 seed=0"
+REFERENCE="experiment=cpu_medium method=scratch train.max_steps=1500 seed=0"
 
 # 2. Every other run, one job per line, $JOBS at a time on one thread each. No two jobs share a run directory
 #    (Inheritune's scratch baselines are their own jobs here), and a reference is only read once trained.
@@ -27,10 +27,10 @@ REFERENCE="experiment=cpu_medium_16l method=scratch train.max_steps=1500 seed=0"
 #    Pool 2: the runs on the 12-layer reference and Appendix B's.
 pool1=()
 for s in $SEEDS; do pool1+=("experiment=cpu_medium_16l seed=$s method.scratch_baselines=[]"); done  # Table 1 rounds
-pool1+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=12 train.max_steps=1500 seed=0")
-pool1+=("experiment=cpu_medium_16l method=scratch train.max_steps=1000 seed=0")  # the equal-steps premise row
+pool1+=("experiment=cpu_lazy method=scratch model.n_layer=12 train.max_steps=1500 seed=0")
+pool1+=("experiment=cpu_medium method=scratch train.max_steps=1000 seed=0")  # the equal-steps premise row
 for s in $SEEDS; do for t in 500 1000; do
-    pool1+=("experiment=cpu_medium_16l method=scratch model.n_layer=4 train.max_steps=$t seed=$s")
+    pool1+=("experiment=cpu_medium method=scratch model.n_layer=4 train.max_steps=$t seed=$s")
 done; done
 pool2=()
 for s in $SEEDS; do
@@ -43,7 +43,7 @@ for s in $SEEDS; do
     for b in 4,5,6,7 8,9,10,11; do
         pool2+=("experiment=cpu_lazy_transfer method.blocks=[$b] method.attn_scale=source seed=$s")
     done
-    pool2+=("experiment=cpu_lazy_transfer method=scratch model.n_layer=4 seed=$s")
+    pool2+=("experiment=cpu_lazy method=scratch model.n_layer=4 seed=$s")
 done
 pool2+=("experiment=cpu_smollm2_15l")  # Appendix B's training run; its evaluations and table come last (6.)
 # Pool 3: the Medium-like twin's scratch 5L rows, the bar for a round 2. Algorithm 1 runs round 2 only where round
@@ -51,7 +51,7 @@ pool2+=("experiment=cpu_smollm2_15l")  # Appendix B's training run; its evaluati
 # rows read "not run", with the reason, like the round itself (suites.yaml's needed_by).
 pool3=()
 for s in $SEEDS; do for t in 500 1000; do
-    pool3+=("experiment=cpu_medium_16l method=scratch model.n_layer=5 train.max_steps=$t seed=$s")
+    pool3+=("experiment=cpu_medium method=scratch model.n_layer=5 train.max_steps=$t seed=$s")
 done; done
 if [ "${1:-}" = "--list" ]; then  # every training job's overrides, one per line, "--" between the phases
     printf '%s\n' "$REFERENCE" -- "${pool1[@]}" -- "${pool2[@]}" -- "${pool3[@]}"  # (the tests compose each)

@@ -24,44 +24,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lit_inheritune.errors import CheckpointError, ConfigError, cli_errors
+from lit_inheritune.methods.checks import check_steps, positive
 from lit_inheritune.models import checkpoint_shape, family_of
 
-BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")  # models.gpt.BLOCK_PARTS (tests compare the two)
-GROW_MODES = ("append", "reinherit")
-ATTN_SCALES = ("position", "source")  # models.ATTN_SCALES
-
-
-def distilbert_blocks(n_teacher: int, n_student: int) -> list[int]:
-    """Teacher blocks a DistilBERT-style student starts from: every other block (0, 2, 4, ...), then, for
-    students deeper than half the teacher, the blocks just before the last two (the paper's 16L student of
-    a 24L teacher: 0, 2, ..., 22, then 18..21)."""
-    evens = list(range(0, n_teacher, 2))[:n_student]
-    extra = n_student - len(evens)
-    return evens + list(range(n_teacher - 2 - extra, n_teacher - 2))
+REFERENCE_KINDS = ("train", "ckpt", "pretrained")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Schedule, optimizer, model
 
 
-def _positive(key: str, value) -> None:
-    if value < 1:
-        raise ConfigError(f"{key}={value} must be positive")
-
-
-def check_steps(cfg: DictConfig, key: str, steps: int) -> None:
-    """A stage's step count: positive, and ending on a validation step so the stage ends with a val loss and a
-    checkpoint."""
-    every = cfg.train.val_every_n_steps
-    _positive(key, steps)
-    if steps % every:
-        raise ConfigError(f"{key}: {steps} steps is not a multiple of train.val_every_n_steps={every}: the final "
-                          "step must be a validation step so the run ends with a val loss and a checkpoint")
-
-
 def check_train(cfg: DictConfig) -> None:
     for key in ("val_every_n_steps", "log_every_n_steps", "accumulate_grad_batches"):
-        _positive(f"train.{key}", cfg.train[key])
+        positive(f"train.{key}", cfg.train[key])
     check_steps(cfg, "train.max_steps", cfg.train.max_steps)
     # Stages end by asking the Trainer to stop (a matched round, stacking's stage 1), and Lightning ignores that
     # request until min_steps / min_epochs are reached (min_epochs=1 is an endless epoch here).
@@ -88,142 +63,53 @@ def check_optim(cfg: DictConfig) -> None:
 def check_model(cfg: DictConfig) -> None:
     m = cfg.model
     for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-        _positive(f"model.{key}", m[key])
+        positive(f"model.{key}", m[key])
     if m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Methods: `model` is the reference (k layers); each method's parameters are checked against it.
+# The method and the reference: `model` is the reference (k layers); the method checks its own keys against it.
 
 
-def method_recipe(cfg: DictConfig) -> type:
-    """The recipe class `method._target_` names (methods.py), imported but not built. Its attributes say what
-    the checks need: `uses_reference` (starts from method.reference) and `validate(cfg)`, the method's own
-    checks. Which methods a model family supports is the family's (models.ModelFamily.methods)."""
-    target = cfg.method.get("_target_")
-    if not target:
-        raise ConfigError("method._target_ is missing: a method config names its recipe class, e.g. "
-                          "_target_: lit_inheritune.methods.Inheritune")
-    from hydra.utils import get_class
-
-    try:
-        cls = get_class(target)
-    except Exception as err:  # Hydra wraps the import error; its message names the module
-        raise ConfigError(f"method._target_={target!r} cannot be imported: {str(err).splitlines()[0]}") from None
-    if not (callable(getattr(cls, "plan", None)) and callable(getattr(cls, "run", None))):
-        raise ConfigError(f"method._target_={target!r} is not a recipe: it needs plan(cfg) and run(cfg, datamodule)")
-    return cls
-
-
-def uses_reference(cfg: DictConfig) -> bool:
-    return bool(getattr(method_recipe(cfg), "uses_reference", False))
-
-
-def _trains_reference(cfg: DictConfig) -> bool:
-    return uses_reference(cfg) and not cfg.method.reference.ckpt and not family_of(cfg.model).pretrained
+def check_reference(run) -> None:
+    """The reference a method starts from is one that can exist: trained here with a step count that ends on a
+    validation step, a given checkpoint, or the pretrained model the model config names."""
+    ref, family = run.reference, family_of(run.model)
+    if ref.kind not in REFERENCE_KINDS:
+        raise ConfigError(f"reference.kind={ref.kind!r} is not one of {', '.join(REFERENCE_KINDS)} (the options of "
+                          "the reference group: reference=train|ckpt|pretrained)")
+    if not run.method.uses_reference:
+        return
+    if family.pretrained and ref.kind == "train":
+        raise ConfigError(f"a {family.title} model config names pretrained weights, which are loaded, never trained "
+                          "here: add reference=pretrained")
+    if ref.kind == "pretrained" and not family.pretrained:
+        raise ConfigError(f"reference=pretrained needs a model config that names pretrained weights (e.g. model=hf); "
+                          f"a {family.title} model config has none: use reference=train or reference=ckpt")
+    if ref.kind != "ckpt" and ref.ckpt:
+        raise ConfigError(f"reference.ckpt={ref.ckpt} is given but the reference is {ref.kind!r}: add reference=ckpt "
+                          "to start from that checkpoint")
+    if ref.kind == "train":
+        for key in ("max_steps", "seed"):
+            if getattr(ref, key) is None:
+                raise ConfigError(f"reference.{key} is not set: the reference is trained here (reference=train)")
+        check_steps(run.cfg, "reference.max_steps", ref.max_steps)
 
 
-def check_reference_steps(cfg: DictConfig) -> None:
-    if _trains_reference(cfg):
-        check_steps(cfg, "method.reference.max_steps", cfg.method.reference.max_steps)
+def check_method(cfg: DictConfig):
+    """The run context (methods.make_run): the method's keys and types checked against its class, then its own
+    checks, then the reference it starts from. Which methods a model family supports is the family's."""
+    from lit_inheritune.methods import make_run
 
-
-def check_scratch(cfg: DictConfig) -> None:
-    pass  # the schedule and the model are all there is
-
-
-def check_inheritune(cfg: DictConfig) -> None:
-    m, k = cfg.method, cfg.model.n_layer
-    if m.blocks:
-        n = len(m.blocks)
-        if not all(0 <= b < k for b in m.blocks):
-            raise ConfigError(f"method.blocks={list(m.blocks)} names blocks outside the {k}-layer reference "
-                              f"(0..{k - 1}; model.n_layer={k})")
-    else:
-        n = m.n_layer
-        if not 1 <= n <= k:
-            raise ConfigError(f"method.n_layer={n}: cannot inherit {n} layers from a {k}-layer reference "
-                              f"(model.n_layer={k})")
-    if m.parts not in BLOCK_PARTS:
-        raise ConfigError(f"method.parts={m.parts!r} is not one of {', '.join(BLOCK_PARTS)}")
-    if m.grow_mode not in GROW_MODES:
-        raise ConfigError(f"method.grow_mode={m.grow_mode!r} is not one of {', '.join(GROW_MODES)}")
-    if m.grow_by < 1:
-        raise ConfigError(f"method.grow_by={m.grow_by}: a growth round adds at least 1 layer")
-    if m.max_layers > k:
-        raise ConfigError(f"method.max_layers={m.max_layers} exceeds the reference's {k} layers (model.n_layer)")
-    if m.max_layers < n:
-        raise ConfigError(f"method.max_layers={m.max_layers} is below the target's {n} layers; set it between "
-                          f"{n} (no growth) and {k}")
-    if m.get("carry_optimizer") and m.grow_mode != "append":
-        raise ConfigError("method.carry_optimizer=true keeps the AdamW state of the parameters that survive a "
-                          "growth; only method.grow_mode=append keeps any (reinherit starts from fresh copies)")
-    check_reference_steps(cfg)
-    for steps in m.scratch_baselines or []:
-        check_steps(cfg, "method.scratch_baselines", steps)
+    run = make_run(cfg)
     family = family_of(cfg.model)
-    if family.inherits_whole and (m.parts != "block" or not m.copy_wpe or not m.copy_ln_f):
-        raise ConfigError(f"a {family.title} reference is inherited as the official lit-gpt code did (whole layers, "
-                          "plus embeddings, final norm and head): set method.parts=block, method.copy_wpe=true "
-                          "and method.copy_ln_f=true")
-    if not family.keeps_source_scale and m.attn_scale == "source" and cfg.model.scale_attn_by_inverse_layer_idx:
-        raise ConfigError(f"a {family.title} model scales attention by each layer's position (e.g. GPT-2); "
-                          "method.attn_scale=source cannot be expressed there (use method.attn_scale=position)")
-
-
-def check_stacking(cfg: DictConfig) -> None:
-    n, k = cfg.method.n_layer, cfg.model.n_layer
-    if n % 2 or not 2 <= n <= k:
-        raise ConfigError(f"stacking needs an even method.n_layer <= {k} (model.n_layer), got {n}")
-
-
-def check_hybrid_stacking(cfg: DictConfig) -> None:
-    n, k = cfg.method.n_layer, cfg.model.n_layer
-    if not 2 <= n <= k:
-        raise ConfigError(f"hybrid stacking needs 2 <= method.n_layer <= {k} (model.n_layer), got {n}")
-    check_reference_steps(cfg)
-
-
-def check_half_width(cfg: DictConfig) -> None:
-    if cfg.model.n_head % 2 or cfg.model.n_embd % 2:
-        raise ConfigError(f"half width needs even heads and width, got model.n_head={cfg.model.n_head}, "
-                          f"model.n_embd={cfg.model.n_embd} (the paper's XLarge has 25 heads and no half-width row)")
-    check_reference_steps(cfg)
-
-
-def check_kd(cfg: DictConfig) -> None:
-    m, k = cfg.method, cfg.model.n_layer
-    _positive("method.n_layer", m.n_layer)
-    if not 0 <= m.alpha <= 1:
-        raise ConfigError(f"method.alpha={m.alpha} (the weight of the CE term) must lie in [0, 1]")
-    if not m.temperature > 0:
-        raise ConfigError(f"method.temperature={m.temperature} must be positive")
-    if m.min_lr is not None and not 0 <= m.min_lr <= cfg.optim.lr:
-        raise ConfigError(f"method.min_lr={m.min_lr} (the student's lr floor) must lie between 0 and "
-                          f"optim.lr={cfg.optim.lr}")
-    if m.name == "distilbert_kd":
-        blocks = list(m.student_blocks) if m.student_blocks else distilbert_blocks(k, m.n_layer)
-        missing = [b for b in blocks if not 0 <= b < k]
-        if len(blocks) != m.n_layer or missing:
-            raise ConfigError(f"method.student_blocks={blocks} must list {m.n_layer} blocks of the {k}-layer "
-                              "teacher" + (f"; {missing} do not exist" if missing else ""))
-    check_reference_steps(cfg)
-
-
-def check_method(cfg: DictConfig) -> None:
-    m = cfg.method
-    recipe = method_recipe(cfg)
-    family = family_of(cfg.model)
-    if family.methods is not None and m.name not in family.methods:
-        raise ConfigError(f"method {m.name!r} does not support {family.title} models; with this model use one of "
-                          f"{', '.join(family.methods)}")
-    if m.attn_scale is not None and m.attn_scale not in ATTN_SCALES:
-        raise ConfigError(f"method.attn_scale={m.attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
-    validate = getattr(recipe, "validate", None)
-    if validate is not None:
-        validate(cfg)
-
+    if family.methods is not None and run.method.name not in family.methods:
+        raise ConfigError(f"method {run.method.name!r} does not support {family.title} models; with this model use "
+                          f"one of {', '.join(family.methods)}")
+    run.method.validate(run)
+    check_reference(run)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,18 +142,19 @@ def checkpoint_config(path: str | Path) -> dict:
     return model
 
 
-def check_reference_checkpoint(cfg: DictConfig) -> None:
+def check_reference_checkpoint(run) -> None:
     """A given reference checkpoint has the depth and width the config describes (`model` is the reference),
     so targets, growth and baselines are sized against the model that is actually loaded."""
-    if not uses_reference(cfg) or not cfg.method.reference.ckpt:
+    if not run.method.uses_reference or run.reference.kind != "ckpt":
         return
-    path = Path(cfg.method.reference.ckpt)
+    cfg = run.cfg
+    path = Path(run.reference.ckpt)
     if not path.is_file():
-        raise ConfigError(f"method.reference.ckpt={path}: no such file")
+        raise ConfigError(f"reference.ckpt={path}: no such file")
     hparams = checkpoint_config(path)
     theirs, ours = family_of(hparams), family_of(cfg.model)
     if theirs is not ours:
-        raise ConfigError(f"method.reference.ckpt={path} holds a {theirs.title} model but the config's model is a "
+        raise ConfigError(f"reference.ckpt={path} holds a {theirs.title} model but the config's model is a "
                           f"{ours.title} model; choose the model config the checkpoint was trained with")
     shape = checkpoint_shape(hparams)
     differ = {key: value for key, value in shape.items() if value is not None and value != cfg.model[key]}
@@ -275,7 +162,7 @@ def check_reference_checkpoint(cfg: DictConfig) -> None:
         theirs = ", ".join(f"{key}={value}" for key, value in differ.items())
         ours = " ".join(f"model.{key}={cfg.model[key]}" for key in differ)
         fix = " ".join(f"model.{key}={value}" for key, value in differ.items())
-        raise ConfigError(f"method.reference.ckpt={path} has {theirs} but the config describes a reference with "
+        raise ConfigError(f"reference.ckpt={path} has {theirs} but the config describes a reference with "
                           f"{ours}; pass {fix} to use this checkpoint, or give a checkpoint of this model")
 
 
@@ -305,7 +192,7 @@ def check_data(cfg: DictConfig) -> None:
 
     d = cfg.data
     for key in ("batch_size", "num_val_windows"):
-        _positive(f"data.{key}", d[key])
+        positive(f"data.{key}", d[key])
     if d.sampling not in ("random", "sequential"):
         raise ConfigError(f"data.sampling={d.sampling!r} is not one of random, sequential")
     data_dir = Path(d.data_dir)
@@ -329,25 +216,27 @@ def check_data(cfg: DictConfig) -> None:
 
 def check_analysis(cfg: DictConfig) -> None:
     a = cfg.analysis
-    _positive("analysis.n_seq", a.n_seq)
+    positive("analysis.n_seq", a.n_seq)
     if a.seq_len < 2:
         raise ConfigError(f"analysis.seq_len={a.seq_len} must be at least 2")
     if not a.taus or not all(0 < t <= 1 for t in a.taus) or not 0 < a.eta <= 1:
         raise ConfigError(f"analysis.taus={list(a.taus)} and analysis.eta={a.eta} must lie in (0, 1]")
 
 
-def preflight(cfg: DictConfig) -> None:
+def preflight(cfg: DictConfig):
     """Raise ConfigError, DataError or CheckpointError for anything in `cfg` that cannot work, before any
-    compute. Cheap, except that shard checksums are verified (unless data.verify_checksum=false)."""
+    compute; return the run context (methods.make_run). Cheap, except that shard checksums are verified (unless
+    data.verify_checksum=false)."""
     check_train(cfg)
     check_optim(cfg)
     check_model(cfg)
-    check_method(cfg)
+    run = check_method(cfg)
     if cfg.analyze:
         check_analysis(cfg)
-    check_reference_checkpoint(cfg)
+    check_reference_checkpoint(run)
     check_data(cfg)
     check_stage_checkpoints(cfg)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,26 +1,26 @@
 """The runner: a composed config in, the configured method's stages trained, a summary out.
 
-The method is whatever `cfg.method._target_` names (methods.py's recipes, or any importable class with the same
-two calls): `plan(cfg)` lays out every stage it may train, checked here before any training so a stage made under
-other settings is an error, never silently reused; `run(cfg, datamodule)` trains them.
+The method is the class `cfg.method._target_` names (lit_inheritune/methods/): `plan(run)` lays out every stage it
+may train, checked here before any training so a stage made under other settings is an error, never silently
+reused; `run(run, datamodule)` trains them; `summary(run, results)` adds its own closing lines. The runner knows no
+method, no stage name and no method key.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lit_inheritune.checks import preflight
-from lit_inheritune.methods import Stage, recipe
+from lit_inheritune.methods import Stage, make_run
 
 
 def plan(cfg: DictConfig) -> list[Stage]:
     """Every stage the configured method may train, in order."""
-    return recipe(cfg).plan(cfg)
+    run = make_run(cfg)
+    return run.method.plan(run)
 
 
 def summary_line(cfg: DictConfig, result: dict) -> str:
@@ -34,14 +34,11 @@ def summary_line(cfg: DictConfig, result: dict) -> str:
 
 
 def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
-    """Attention analysis (PAPER.md section 5) of a finished run's final checkpoints, written to
-    <run dir>/analysis and, when W&B logging is configured, logged as images to the experiment's group."""
+    """Attention analysis (PAPER.md section 5) of a finished run's final checkpoints (and of its reference, when the
+    method trained one), written to <run dir>/analysis and, when W&B logging is configured, logged as images to the
+    experiment's group."""
     from lit_inheritune.analysis import analyze_checkpoint
 
-    stages = Path(cfg.run_dir) / "stages.json"
-    if stages.exists():  # Inheritune: the reference beside every trained stage
-        data = json.loads(stages.read_text())
-        results = [data["reference"], *data["stages"]]
     label = lambda r: r["stage"] if "-L" in r["stage"] else f"{r['stage']}-L{r['n_layer']}"
     ckpts = {label(r): r["last_checkpoint"] for r in results if r.get("last_checkpoint")}
     out_dir = Path(cfg.run_dir) / "analysis"
@@ -61,22 +58,18 @@ def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
 
 
 def run(cfg: DictConfig) -> list[dict]:
-    preflight(cfg)  # every check that needs no trained model (lit_inheritune/checks.py), before any compute
-    method = recipe(cfg)
+    from hydra.utils import instantiate
+
+    run = preflight(cfg)  # every check that needs no trained model (lit_inheritune/checks.py), before any compute
+    method = run.method
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # the stages' identities name the prepared shards
-    method.check(cfg)  # before any training: no directory of this run may hold work made under other settings
-    results = method.run(cfg, datamodule)
+    method.check(run)  # before any training: no directory of this run may hold work made under other settings
+    results = method.run(run, datamodule)
     for result in results:
         print(summary_line(cfg, result), flush=True)
-    table = Path(cfg.run_dir) / "stages.md"
-    if "reference_val_loss" in results[-1] and table.exists():
-        rounds = [r for r in results if r["stage"].startswith("round")]
-        final = rounds[-1]
-        print("\n" + table.read_text().split("\n\n", 1)[-1], flush=True)
-        print(f"[{cfg.name}] Inheritune {final['n_layer']}L {'matched' if final['matched'] else 'did not match'} "
-              f"the reference (val loss {final['val_loss']:.4f} vs {final['reference_val_loss']:.4f}) after "
-              f"{len(rounds)} round(s) | table {table}", flush=True)
+    for line in method.summary(run, results):
+        print(line, flush=True)
     if cfg.get("analyze"):
-        analyze_run(cfg, results)
+        analyze_run(cfg, method.analysis_results(run, results))
     return results

@@ -89,38 +89,14 @@ class DataSchema:
 
 @dataclass
 class ReferenceSchema:
+    """The reference (conf/reference/): `train` (trained here, max_steps and seed), `ckpt` (a checkpoint), or
+    `pretrained` (the pretrained model the model config names). Each method's keys are its own dataclass's
+    (lit_inheritune/methods/), checked when the run starts, before any directory exists."""
+
+    kind: str = MISSING
     ckpt: str | None = None
-    max_steps: int = MISSING
-    seed: int = MISSING
-
-
-@dataclass
-class MethodSchema:
-    """Every method's keys in one schema: experiments inherit a method's settings and switch the method
-    (cpu_medium_table2 keeps cpu_medium_16l's shared `reference` for stacking and half width), so a method
-    carries keys of the others; each is typed, and unused ones stay null."""
-
-    _target_: str = MISSING  # the recipe class (methods.py), built by Hydra
-    module: Any = None  # the LightningModule, a partial (CausalLM, DistillationLM)
-    name: str = MISSING
-    tag: str = MISSING
-    n_layer: int | None = None
-    blocks: list[int] | None = None
-    parts: str | None = None
-    copy_wpe: bool | None = None
-    copy_ln_f: bool | None = None
-    grow_by: int | None = None
-    grow_mode: str | None = None
-    carry_optimizer: bool | None = None
-    attn_scale: str | None = None
-    max_layers: int | None = None
-    tolerance: float | None = None
-    scratch_baselines: list[int] | None = None
-    reference: ReferenceSchema | None = None
-    alpha: float | None = None
-    temperature: float | None = None
-    min_lr: float | None = None
-    student_blocks: list[int] | None = None
+    max_steps: int | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -140,7 +116,9 @@ class ConfigSchema:
     train: TrainSchema = field(default_factory=TrainSchema)
     optim: OptimSchema = field(default_factory=OptimSchema)
     data: DataSchema = field(default_factory=DataSchema)
-    method: MethodSchema = field(default_factory=MethodSchema)
+    reference: ReferenceSchema = field(default_factory=ReferenceSchema)
+    # A method's keys are its class's fields (lit_inheritune/methods/, named by `_target_`): checked by checks.py.
+    method: Any = MISSING
     analyze: bool = MISSING
     analysis: AnalysisSchema = field(default_factory=AnalysisSchema)
     run_name: str = MISSING

@@ -70,7 +70,6 @@ def initial_models(monkeypatch):
     it. The stages still train as usual."""
     import copy
 
-    from lit_inheritune import methods
     from lit_inheritune.training import grow, runner
 
     built = {}
@@ -81,7 +80,6 @@ def initial_models(monkeypatch):
             return fit(cfg, module, *args, **kwargs)
         return fit_and_record
 
-    monkeypatch.setattr(methods, "fit_stage", recording(methods.fit_stage))
     monkeypatch.setattr(runner, "fit_stage", recording(runner.fit_stage))
     install = grow.GrowCallback._install
 

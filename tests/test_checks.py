@@ -9,6 +9,7 @@ import pytest
 
 from lit_inheritune import checks, schema
 from lit_inheritune.config import compose
+from lit_inheritune.errors import ConfigError
 
 
 def _fields(cls) -> set[str]:
@@ -29,30 +30,46 @@ def test_schemas_have_the_fields_of_what_they_instantiate():
     assert _fields(schema.PrepareSchema) <= set(inspect.signature(prepare).parameters)
 
 
-def test_every_method_config_names_a_recipe_with_its_own_checks_and_the_parts_the_code_has():
+def test_every_method_config_names_a_method_with_its_own_checks_and_the_parts_the_code_has():
     from lit_inheritune.config import CONFIG_DIR, compose
-    from lit_inheritune.models import ATTN_SCALES
-    from lit_inheritune.models.gpt import BLOCK_PARTS
+    from lit_inheritune.methods import BUILT_IN, Method, method_class
+    from lit_inheritune.models import BLOCK_PARTS
+    from lit_inheritune.models import gpt
 
     names = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
     assert len(names) == 7
-    for name in names:
-        recipe = checks.method_recipe(compose([f"method={name}"]))
-        assert callable(recipe.validate), name  # every built-in method checks its parameters
-    assert checks.BLOCK_PARTS == tuple(BLOCK_PARTS)
-    assert checks.ATTN_SCALES == ATTN_SCALES
+    classes = {name: method_class(compose([f"method={name}"]).method) for name in names}
+    assert sorted(classes.values(), key=id) == sorted(BUILT_IN, key=id)  # one class per method config
+    for name, cls in classes.items():
+        assert cls.name == name  # the class's default name is its config's
+        if name != "scratch":  # every other built-in method checks its parameters
+            assert cls.validate is not Method.validate, name
+    assert BLOCK_PARTS == tuple(gpt.BLOCK_PARTS)
 
 
 @pytest.mark.parametrize("override, key", [("train.max_steps=abc", "train.max_steps"),
-                                           ("method.grow_by=two", "method.grow_by"),
                                            ("model.n_head=1.5", "model.n_head"),
-                                           ("data.verify_checksum=maybe", "data.verify_checksum"),
-                                           ("method.blocks=[a,b]", "method.blocks")])
+                                           ("data.verify_checksum=maybe", "data.verify_checksum")])
 def test_wrong_types_are_refused_while_composing_naming_the_key(override, key):
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match=f"override {key}="):
         compose(["method=inheritune", override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.grow_by=two", r"^method.grow_by: Value 'two' of type 'str' could not be converted to Integer"),
+    ("method.blocks=[a,b]", r"^method.blocks\[0\]: Value 'a' of type 'str' could not be converted to Integer"),
+    ("+method.alpha=0.5", r"^method.alpha: Key 'alpha' not in 'Inheritune' \(the keys of method=inheritune are: "
+                          r"name, tag, n_layer, blocks"),
+])
+def test_a_method_key_is_checked_against_its_class_naming_the_key(override, message):
+    """A method's dataclass is its schema: a wrong type or another method's key is refused before any directory
+    exists, naming the key (and, for a foreign key, the keys the method has)."""
+    from lit_inheritune.methods import load_method
+
+    with pytest.raises(ConfigError, match=message):
+        load_method(compose(["method=inheritune", override]).method)
 
 
 def test_fixture_data_is_found_from_any_working_directory(tmp_path, monkeypatch):

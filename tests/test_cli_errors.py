@@ -88,25 +88,25 @@ CASES = {
         train("method=inheritune", "model.n_layer=2", "method.n_layer=3"),
         ["method.n_layer=3", "2-layer reference"]),
     "given_reference_deeper": (
-        train("method=inheritune", "method.reference.ckpt={deeper}"),
-        ["method.reference.ckpt=", "n_layer=4", "model.n_layer=2"]),
+        train("method=inheritune", "reference=ckpt", "reference.ckpt={deeper}"),
+        ["reference.ckpt=", "n_layer=4", "model.n_layer=2"]),
     "given_reference_shallower": (
-        train("method=inheritune", "method.n_layer=1", "method.reference.ckpt={shallower}"),
-        ["method.reference.ckpt=", "n_layer=1", "model.n_layer=2"]),
+        train("method=inheritune", "method.n_layer=1", "reference=ckpt", "reference.ckpt={shallower}"),
+        ["reference.ckpt=", "n_layer=1", "model.n_layer=2"]),
     "given_reference_wider": (
-        train("method=kd", "method.n_layer=1", "method.reference.ckpt={wider}"),
-        ["method.reference.ckpt=", "n_embd=64", "model.n_embd=32"]),
+        train("method=kd", "method.n_layer=1", "reference=ckpt", "reference.ckpt={wider}"),
+        ["reference.ckpt=", "n_embd=64", "model.n_embd=32"]),
     "given_reference_narrower": (
-        train("method=hybrid_stacking", "method.n_layer=2", "method.reference.ckpt={narrower}"),
-        ["method.reference.ckpt=", "n_embd=16", "model.n_embd=32"]),
+        train("method=hybrid_stacking", "method.n_layer=2", "reference=ckpt", "reference.ckpt={narrower}"),
+        ["reference.ckpt=", "n_embd=16", "model.n_embd=32"]),
     "given_reference_truncated": (
-        train("method=inheritune", "method.reference.ckpt={truncated}"),
+        train("method=inheritune", "reference=ckpt", "reference.ckpt={truncated}"),
         ["truncated/checkpoints/last.ckpt is corrupt", "best.ckpt", "remove"]),
     "parts_typo": (train("method=inheritune", "method.parts=atn"), ["method.parts='atn'", "attn_mlp"]),
     "grow_by_zero": (train("method=inheritune", "method.grow_by=0"), ["method.grow_by=0"]),
     "negative_steps": (train("train.max_steps=-20"), ["train.max_steps=-20"]),
     "negative_reference_steps": (
-        train("method=inheritune", "method.reference.max_steps=-40"), ["method.reference.max_steps", "-40"]),
+        train("method=inheritune", "reference.max_steps=-40"), ["reference.max_steps", "-40"]),
     "trainer_min_steps": (train("method=inheritune", "+trainer.min_steps=20"), ["trainer.min_steps=20", "remove"]),
     "steps_not_a_number": (train("train.max_steps=abc"), ["train.max_steps=abc", "Integer"]),
     "lr_not_a_number": (train("optim.lr=fast"), ["optim.lr=fast", "Float"]),

@@ -25,7 +25,7 @@ def test_inheritune_round_counts_the_reference_once_and_earlier_rounds_by_mode()
     per = lambda n: flops_per_token({"n_layer": n, "n_embd": 128, "block_size": 128, "vocab_size": 4096})
     t = 500 * 32 * 128
     ids = _ids("method=inheritune", "method.n_layer=4", "method.grow_by=1", "method.max_layers=6",
-               "method.reference.max_steps=1000", "method.grow_mode=append")
+               "reference.max_steps=1000", "method.grow_mode=append")
     ref = per(8) * 2 * t
     assert tokens(ids["round1-L4"]) == t and stage_flops(ids["reference"]) == pytest.approx(ref)
     assert cumulative_flops(ids["round1-L4"]) == pytest.approx(ref + per(4) * t)
@@ -33,14 +33,14 @@ def test_inheritune_round_counts_the_reference_once_and_earlier_rounds_by_mode()
     assert cumulative_flops(ids["round3-L6"]) == pytest.approx(ref + (per(4) + per(5) + per(6)) * t)
     # reinherit: round 3 nests only the reference; the earlier rounds are passed in
     ids = _ids("method=inheritune", "method.n_layer=4", "method.grow_by=1", "method.max_layers=6",
-               "method.reference.max_steps=1000")
+               "reference.max_steps=1000")
     assert cumulative_flops(ids["round3-L6"]) == pytest.approx(ref + per(6) * t)
     assert cumulative_flops(ids["round3-L6"], [ids["round1-L4"], ids["round2-L5"]]) == pytest.approx(
         ref + (per(4) + per(5) + per(6)) * t)
 
 
 def test_kd_adds_the_teachers_forward_and_the_teachers_training():
-    ids = _ids("method=kd", "method.n_layer=4", "method.reference.max_steps=1000")
+    ids = _ids("method=kd", "method.n_layer=4", "reference.max_steps=1000")
     student = ids["student-L4"]
     teacher = {"n_layer": 8, "n_embd": 128, "block_size": 128, "vocab_size": 4096}
     student_model = {**teacher, "n_layer": 4}
@@ -53,7 +53,7 @@ def test_kd_adds_the_teachers_forward_and_the_teachers_training():
 def test_a_given_reference_has_no_known_cost(tmp_path):
     ckpt = tmp_path / "ref.ckpt"
     ckpt.write_bytes(b"weights")
-    ids = _ids("method=inheritune", "method.n_layer=4", "method.max_layers=4", f"method.reference.ckpt={ckpt}")
+    ids = _ids("method=inheritune", "method.n_layer=4", "method.max_layers=4", "reference=ckpt", f"reference.ckpt={ckpt}")
     assert stage_flops(ids["round1-L4"]) > 0 and cumulative_flops(ids["round1-L4"]) is None
 
 
@@ -67,7 +67,7 @@ def test_report_counts_the_compute_to_match_the_reference(tmp_path, fixture_data
 
     cfg = compose([*TINY, f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "method=inheritune",
                    "method.n_layer=1", "method.grow_by=1", "method.max_layers=2", "method.tolerance=10",
-                   "train.max_steps=10", "train.val_every_n_steps=10", "method.reference.max_steps=20", "name=cost"])
+                   "train.max_steps=10", "train.val_every_n_steps=10", "reference.max_steps=20", "name=cost"])
     stages = {s.name: s.identity for s in plan(cfg)}
     run(cfg)
     group = tmp_path / "outputs" / "cost"

@@ -1,5 +1,6 @@
-"""Growth inside one fit (training/grow.py) and methods built by Hydra (methods.py)."""
+"""Growth inside one fit (training/grow.py), and a method added as a module and a yaml (lit_inheritune/methods/)."""
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,6 @@ from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
-from lit_inheritune.methods import FromReference, derived_stage, random_model, reference_identity
 from lit_inheritune.run import run
 from lit_inheritune.training import grow, runner
 
@@ -115,60 +115,88 @@ def _log(run_dir: Path, *columns: str) -> list[tuple]:
         return [tuple(r[c] for c in columns) for r in csv.DictReader(f) if any(r[c] for c in columns[1:])]
 
 
-# -- a method added by a config file and a class alone (no edit to the runner)
+# -- a method added as one module and one yaml, touching no other file (issue #24)
 
+METHOD_MODULE = '''\
+"""A control CPU_SCALE.md asks for: a random-init model that inherits only the reference's token embedding, scaled
+by a key of its own (`embedding_scale`), trained T steps."""
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from lit_inheritune.errors import ConfigError
+from lit_inheritune.methods import FromReference, derived_stage, random_model, reference_identity
+
+
+@dataclass
 class EmbeddingOnly(FromReference):
-    """A control CPU_SCALE.md asks for: a random-init n-layer model that inherits only the reference's token
-    embedding, trained T steps."""
+    name: str = "embedding_only"
+    n_layer: int = MISSING
+    embedding_scale: float = 1.0
 
-    def stage(self, cfg):
-        n = int(cfg.method.n_layer)
-        return derived_stage(cfg, f"embedding-L{n}", n, "embedding_only", "the reference's token embedding only",
-                             reference=reference_identity(cfg))
+    def validate(self, run):
+        if not self.embedding_scale > 0:
+            raise ConfigError(f"method.embedding_scale={self.embedding_scale} must be positive")
 
-    def build(self, cfg, reference):
-        model = random_model(cfg, int(cfg.method.n_layer))
-        model.transformer.wte.weight.data.copy_(reference.transformer.wte.weight.data)
+    def stage(self, run):
+        return derived_stage(run, f"embedding-L{self.n_layer}", self.n_layer, "embedding_only",
+                             "the reference's token embedding only", reference=reference_identity(run))
+
+    def build(self, run, reference):
+        model = random_model(run, self.n_layer)
+        model.transformer.wte.weight.data.copy_(reference.transformer.wte.weight.data * self.embedding_scale)
         return model
-
+'''
 
 METHOD_YAML = """\
-_target_: test_grow.EmbeddingOnly
+_target_: my_methods.EmbeddingOnly
 name: embedding_only
 n_layer: 2
-reference:
-  ckpt: null
-  max_steps: ${train.max_steps}
-  seed: ${seed}
-tag: embedding_only-L${method.n_layer}
+embedding_scale: 1.0
+tag: embedding_only-L${method.n_layer}-x${method.embedding_scale}
 """
 
 
-def test_a_new_method_is_a_config_file_and_a_class(tmp_path, fixture_data_dir):
+def test_a_new_method_is_one_module_and_one_yaml(tmp_path, fixture_data_dir):
+    """A method with a key of its own, written as a module and a yaml outside the package: it composes, its key is
+    type-checked and validated, it runs, its identity records its key, and the report shows its stage."""
+    (tmp_path / "my_methods.py").write_text(METHOD_MODULE)
     conf = tmp_path / "conf"
     (conf / "method").mkdir(parents=True)
     (conf / "method" / "embedding_only.yaml").write_text(METHOD_YAML)
     cmd = [sys.executable, "-m", "lit_inheritune", f"hydra.searchpath=[file://{conf}]", "method=embedding_only",
            *TINY, "model.n_layer=4", "train.max_steps=10", "train.val_every_n_steps=10",
            f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=new"]
-    tests_dir = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    for bad, error in (("method.embedding_scale=-1", "error: method.embedding_scale=-1.0 must be positive"),
+                       ("method.embedding_scale=big", "error: method.embedding_scale: Value 'big' of type 'str' "
+                                                      "could not be converted to Float")):
+        out = subprocess.run([*cmd, bad], capture_output=True, text=True, timeout=600, env=env)
+        assert (out.returncode, out.stderr.strip()) == (2, error)
+    assert not (tmp_path / "outputs").exists()
+    out = subprocess.run([*cmd, "method.embedding_scale=0.5"], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[new] stage 2 of 2: embedding-L2 (the reference's token embedding only), 10 steps" in out.stdout
-    stage = tmp_path / "outputs" / "new" / "embedding_only-L2-s1" / "embedding-L2"
+    stage = tmp_path / "outputs" / "new" / "embedding_only-L2-x0.5-s1" / "embedding-L2"
+    identity = json.loads((stage / "identity.json").read_text())
+    assert identity["init"]["method"]["embedding_scale"] == 0.5 and identity["init"]["kind"] == "embedding_only"
     from lit_inheritune.models import load_checkpoint
 
     trained = load_checkpoint(stage / "checkpoints" / "last.ckpt")
     reference = load_checkpoint(tmp_path / "outputs" / "new" / "scratch-L4-T10-s1" / "checkpoints" / "last.ckpt")
     assert trained.config.n_layer == 2 and reference.config.n_layer == 4
-    # trained 10 steps from the reference's embedding: close to it, not equal (a random embedding is far)
-    assert 0 < (trained.transformer.wte.weight - reference.transformer.wte.weight).abs().max() < 0.1
+    # trained 10 steps from half the reference's embedding: close to it, not equal (a random embedding is far)
+    assert 0 < (trained.transformer.wte.weight - 0.5 * reference.transformer.wte.weight).abs().max() < 0.1
+    from lit_inheritune.report import write_report
+
+    runs = write_report(tmp_path / "outputs" / "new", tmp_path / "report", expect=None).read_text()
+    assert "| embedding_only-L2-x0.5/embedding-L2 | 2 |" in runs
 
 
 def test_a_method_target_that_cannot_be_imported_is_one_clear_error(tmp_path, fixture_data_dir):
-    with pytest.raises(ConfigError, match=r"method._target_='nowhere.Recipe' cannot be imported"):
-        run(_cfg(tmp_path, fixture_data_dir, "method._target_=nowhere.Recipe"))
+    with pytest.raises(ConfigError, match=r"method._target_='nowhere.Method' cannot be imported"):
+        run(_cfg(tmp_path, fixture_data_dir, "method._target_=nowhere.Method"))
 
 
 def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_path, fixture_data_dir,
@@ -179,7 +207,7 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from lit_inheritune.methods import _optim
+    from lit_inheritune.methods import make_run
     from lit_inheritune.training.lm import CausalLM
 
     cfg = _cfg(tmp_path, fixture_data_dir)
@@ -193,7 +221,7 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
 
     datamodule = FromStepT(**{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
                               if k != "_target_"})
-    module = CausalLM(initial_models["round2-L3"], _optim(cfg, cfg.train.max_steps), {"stage": "alone"})
+    module = CausalLM(initial_models["round2-L3"], make_run(cfg).optim(cfg.train.max_steps), {"stage": "alone"})
     alone = runner.fit_stage(cfg, module, datamodule, tmp_path / "alone", stage="alone", identity={"alone": 1},
                              max_steps=int(cfg.train.max_steps))
     assert alone["val_loss"] == round2["val_loss"]

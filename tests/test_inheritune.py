@@ -13,7 +13,7 @@ from conftest import TINY
 
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
-from lit_inheritune.methods import reference_dir, scratch_dir
+from lit_inheritune.methods import make_run, reference_dir, scratch_dir
 from lit_inheritune.models import load_checkpoint
 from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.run import run
@@ -110,7 +110,7 @@ def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, f
     assert results[0]["matched"]
     assert [r["steps"] for r in results[1:]] == [20, 40]
     assert all(r["n_layer"] == 2 for r in results)
-    assert (scratch_dir(cfg, 2, 40) / "result.json").exists()
+    assert (scratch_dir(make_run(cfg), 2, 40) / "result.json").exists()
     stages_md = (Path(cfg.run_dir) / "stages.md").read_text()
     assert "| scratch-L2-T40 | 2 |" in stages_md and "- commit: `" in stages_md and "- seed: `1`" in stages_md
 
@@ -148,9 +148,9 @@ def test_reference_is_the_scratch_run_of_reference_depth(tmp_path, fixture_data_
 
 
 def test_pinned_reference_seed_is_the_same_run_whichever_seed_trains_it(tmp_path, fixture_data_dir):
-    """method.reference.seed shares one reference across a seed sweep: the Inheritune job of seed 2 trains
+    """reference.seed shares one reference across a seed sweep: the Inheritune job of seed 2 trains
     exactly the scratch run of seed 7 (same directory, same batches, same weights)."""
-    cfg = _cfg(tmp_path / "a", fixture_data_dir, "seed=2", "method.reference.seed=7", "method.tolerance=100")
+    cfg = _cfg(tmp_path / "a", fixture_data_dir, "seed=2", "reference.seed=7", "method.tolerance=100")
     assert reference_dir(cfg).name.endswith("-s7")
     run(cfg)
     scratch = compose([*TINY, "model.n_layer=4", "train.max_steps=20", "train.val_every_n_steps=10", "seed=7",
@@ -182,7 +182,7 @@ def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixtur
                     f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=wide"])
     [ref] = run(wide)
     with pytest.raises(ConfigError, match="has n_embd=64 but the config describes a reference with model.n_embd=32"):
-        run(_cfg(tmp_path, fixture_data_dir, f"method.reference.ckpt={ref['last_checkpoint']}"))
+        run(_cfg(tmp_path, fixture_data_dir, "reference=ckpt", f"reference.ckpt={ref['last_checkpoint']}"))
 
 
 def test_analyze_true_analyses_reference_and_stages(tmp_path, fixture_data_dir):

@@ -62,8 +62,8 @@ def test_stage_made_from_other_data_is_refused(tmp_path, fixture_data_dir):
 def test_reference_trained_under_another_optim_is_not_picked_up(tmp_path, fixture_data_dir):
     """An Inheritune run whose optim differs from the one its shared reference was trained with stops before
     training anything, naming the reference's directory and the key."""
-    args = ["method=inheritune", "method.n_layer=1", "method.max_layers=1", "method.reference.max_steps=20",
-            "method.reference.seed=0",
+    args = ["method=inheritune", "method.n_layer=1", "method.max_layers=1", "reference.max_steps=20",
+            "reference.seed=0",
             "name=ref", "resume=true"]
     run(_cfg(tmp_path, fixture_data_dir, *args))
     before = _tree(tmp_path / "outputs")
@@ -78,7 +78,7 @@ def test_reference_trained_under_another_optim_is_not_picked_up(tmp_path, fixtur
 def test_every_planned_stage_is_checked_before_the_first_trains(tmp_path, fixture_data_dir):
     """A later round made under other settings stops the run before the reference or round 1 train."""
     args = ["method=inheritune", "method.n_layer=1", "method.grow_by=1", "method.max_layers=2",
-            "method.reference.max_steps=20", "name=plan", "resume=true"]
+            "reference.max_steps=20", "name=plan", "resume=true"]
     cfg = _cfg(tmp_path, fixture_data_dir, *args)
     stages = plan(cfg)
     assert [s.name for s in stages] == ["reference", "round1-L1", "round2-L2"]
@@ -132,7 +132,7 @@ def test_a_four_stage_run_prints_a_header_per_stage_and_little_else(tmp_path, fi
     cmd = [sys.executable, "-m", "lit_inheritune", *TINY, f"paths.root_dir={tmp_path}",
            f"data.data_dir={fixture_data_dir}", "logger=default", "trainer.enable_progress_bar=true",
            "method=inheritune", "method.n_layer=1", "method.grow_by=1", "method.max_layers=2",
-           "method.tolerance=-1", "method.reference.max_steps=10", "train.max_steps=10", "train.val_every_n_steps=10",
+           "method.tolerance=-1", "reference.max_steps=10", "train.max_steps=10", "train.val_every_n_steps=10",
            "method.scratch_baselines=[20]", "name=quiet"]
     # bytes, not text=True, whose universal newlines would turn a progress bar's \r redraws into lines
     out = subprocess.run(cmd, capture_output=True, timeout=600)

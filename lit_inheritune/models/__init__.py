@@ -47,6 +47,7 @@ from types import ModuleType
 from lit_inheritune.errors import ConfigError
 from lit_inheritune.models.common import (
     ATTN_SCALES,
+    BLOCK_PARTS,
     ModelLoadError,
     SurgeryError,
     check_same_family,
@@ -56,7 +57,7 @@ from lit_inheritune.models.common import (
 )
 
 __all__ = [
-    "ATTN_SCALES", "FAMILIES", "ModelFamily", "ModelLoadError", "SurgeryError", "check_same_family",
+    "ATTN_SCALES", "BLOCK_PARTS", "FAMILIES", "ModelFamily", "ModelLoadError", "SurgeryError", "check_same_family",
     "checkpoint_shape", "config_dict", "family", "family_of", "keeps_scale", "load_checkpoint", "loss_and_grads",
     "source_blocks", "tokenizer_families", "upgrade_config_class",
 ]

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 ATTN_SCALES = ("position", "source")
+# What of a block Inheritune can inherit (Table 3): the whole block, attention, MLP, or both without the norms
+# (a family maps each to its submodules, e.g. models.gpt.BLOCK_PARTS).
+BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")
 
 
 class SurgeryError(ValueError):

@@ -21,15 +21,37 @@ from lit_inheritune.models import upgrade_config_class
 
 IDENTITY_FILE = "identity.json"
 
-# Settings that do not change what a stage computes: where things live, how they are logged, and the Inheritune
-# loop's control (how far to grow, when to stop), which decides which stages run, not what each one computes.
+# Settings that do not change what a stage computes: where things live and how they are logged. (A method's own
+# control settings, such as how far Inheritune grows, are left out by the method: methods/base.py `control`.)
 _DATA_IGNORED = ("_target_", "data_dir", "num_workers", "verify_checksum", "prepare")
 _MODEL_IGNORED = ("cache_dir",)
-# `module` only repeats method keys (alpha, temperature) as the LightningModule's arguments;
-# `_target_` names the recipe class, which `name` already identifies; `carry_optimizer` is recorded by the rounds
-# it changes (append growth), so stages it does not touch keep their identity.
-_METHOD_IGNORED = ("tag", "reference", "scratch_baselines", "tolerance", "max_layers", "grow_by", "module",
-                   "_target_", "carry_optimizer")
+
+# Before each method was a module with a schema of its own (issue #24), one schema held every method's keys, null
+# where unused, stage identities recorded them all, and some experiments carried one method's values into another's
+# (cpu_medium_table2's stacking recorded Inheritune's grow_mode). A method's part of an identity is still written in
+# that shape, and a recorded one is read with the keys its method does not own set to null, so the stages trained
+# before the move are recognised as the same stages (tests/test_run_identity.py pins fingerprints of both).
+LEGACY_METHOD_KEYS = ("n_layer", "blocks", "parts", "copy_wpe", "copy_ln_f", "grow_mode", "attn_scale", "alpha",
+                      "temperature", "min_lr", "student_blocks")
+_METHOD_KEYS: dict[str, frozenset[str]] = {}
+
+
+def register_method_keys(name: str, keys) -> None:
+    """The identity keys method `name` owns (methods/__init__.py registers the built-in ones, load_method the
+    configured one)."""
+    _METHOD_KEYS[name] = frozenset(keys)
+
+
+def method_record(identity: dict) -> dict:
+    """A method's identity in the recorded shape: every legacy key, null unless the method sets it."""
+    return {**dict.fromkeys(LEGACY_METHOD_KEYS), **identity}
+
+
+def _upgrade_method(record: dict) -> dict:
+    owned = _METHOD_KEYS.get(record.get("name"))
+    if owned is None:
+        return record
+    return {k: None if k in LEGACY_METHOD_KEYS and k not in owned else v for k, v in record.items()}
 
 
 def _plain(node) -> dict:
@@ -46,10 +68,6 @@ def data_identity(cfg: DictConfig) -> dict:
         data["prepared"] = {"config": manifest.get("config"),
                             **{split: entry.get("sha256") for split, entry in manifest.get("splits", {}).items()}}
     return data
-
-
-def method_identity(cfg: DictConfig) -> dict:
-    return {k: v for k, v in _plain(cfg.method).items() if k not in _METHOD_IGNORED}
 
 
 def stage_identity(cfg: DictConfig, *, n_layer: int, steps: int, seed: int, init: dict,
@@ -72,9 +90,12 @@ def stage_identity(cfg: DictConfig, *, n_layer: int, steps: int, seed: int, init
 
 def upgrade(identity):
     """The identity as it is recorded now: a model config class recorded under the path it had before the model
-    families moved to lit_inheritune/models (e.g. lit_inheritune.model.GPTConfig) is named by its path now, so
-    stages trained before the move are still recognised as the same."""
+    families moved to lit_inheritune/models (e.g. lit_inheritune.model.GPTConfig) is named by its path now, and a
+    method's keys are read as its own (`_upgrade_method`), so stages trained before those moves are still recognised
+    as the same."""
     if isinstance(identity, dict):
+        if isinstance(identity.get("method"), dict) and "kind" in identity:  # an `init` that names its method
+            identity = {**identity, "method": _upgrade_method(identity["method"])}
         return {k: upgrade_config_class(v) if k == "_target_" and isinstance(v, str) else upgrade(v)
                 for k, v in identity.items()}
     if isinstance(identity, list):

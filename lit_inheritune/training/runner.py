@@ -26,6 +26,7 @@ from lit_inheritune.provenance import provenance
 from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
 from lit_inheritune.training.grow import GrowCallback, Growth, write_json_atomic
 from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir, fingerprint
+from lit_inheritune.training.strategy import is_fsdp
 
 WANDB_ID_FILE = "wandb_run_id"
 FIT_FILE = "fit.json"  # a growing run's record that its fit finished (not result.json: the report reads those)
@@ -193,12 +194,6 @@ def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataM
     dirs = {stage.name: Path(stage.dir) for stage in growth.stages}
     # results restored from a checkpoint name the paths of the process that wrote them: the stages are here now
     return [{**r, "last_checkpoint": str(dirs[r["stage"]] / "checkpoints" / "last.ckpt")} for r in callback.results]
-
-
-def is_fsdp(cfg: DictConfig) -> bool:
-    strategy = cfg.trainer.get("strategy")
-    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
-    return "fsdp" in name.lower()
 
 
 def _fit_per_stage(cfg: DictConfig, make_module, model, datamodule, growth: Growth, header) -> list[dict]:

@@ -1,0 +1,238 @@
+"""`method=inheritune`: Algorithm 1 (PAPER.md section 1).
+
+Inherit the reference's first n blocks (or `blocks`), train T steps, and while the target's val loss is above the
+reference's grow by `grow_by` layers (reinherit: a fresh copy of the first n + g reference blocks; append: the
+trained blocks plus the next reference blocks) and train again, up to `max_layers`; then the scratch baselines. The
+rounds are one fit, the GrowCallback growing the model between them (training/grow.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from lit_inheritune.errors import ConfigError
+from lit_inheritune.methods.base import (
+    Headers,
+    Method,
+    Run,
+    Stage,
+    control,
+    derived_stage,
+    measure,
+    obtain_reference,
+    reference_identity,
+    reference_stage,
+    scratch_stage,
+    train_scratch,
+    unique,
+)
+from lit_inheritune.methods.checks import check_attn_scale, check_steps
+from lit_inheritune.methods.growing import first_batch, fit_identity
+from lit_inheritune.models import BLOCK_PARTS, family_of
+
+GROW_MODES = ("append", "reinherit")
+ROUND = re.compile(r"^round(\d+)-L\d+$")  # a round's stage name
+
+
+@dataclass
+class Inheritune(Method):
+    name: str = "inheritune"
+    n_layer: int = MISSING  # n: the target's first depth (default k/2)
+    # An explicit list of reference blocks instead of the first n (e.g. [4,5,6,7], v4 Table 4); such a target does
+    # not grow.
+    blocks: list[int] | None = None
+    parts: str = "block"  # block | attn | mlp | attn_mlp (Table 3)
+    copy_wpe: bool = False  # the official code copies neither the position embedding ...
+    copy_ln_f: bool = False  # ... nor the final layer norm
+    attn_scale: str = "position"  # a moved block's attention scale: its new position's, or its `source` block's
+    grow_mode: str = "reinherit"  # reinherit (the paper) | append
+    grow_by: int = control(2)
+    max_layers: int = control(MISSING)
+    tolerance: float = control(0.0)  # matched when val loss <= reference val loss + tolerance
+    # append only: carry the AdamW moments of surviving parameters into the next round (recorded by the rounds it
+    # changes, so it is a control key here)
+    carry_optimizer: bool = control(False)
+    scratch_baselines: list[int] = control([])  # same-size scratch runs after the last round, e.g. [T, 2T]
+
+    uses_reference = True
+
+    # -- configuration
+    def validate(self, run: Run) -> None:
+        k = run.depth
+        if self.blocks:
+            n = len(self.blocks)
+            if not all(0 <= b < k for b in self.blocks):
+                raise ConfigError(f"method.blocks={list(self.blocks)} names blocks outside the {k}-layer reference "
+                                  f"(0..{k - 1}; model.n_layer={k})")
+        else:
+            n = self.n_layer
+            if not 1 <= n <= k:
+                raise ConfigError(f"method.n_layer={n}: cannot inherit {n} layers from a {k}-layer reference "
+                                  f"(model.n_layer={k})")
+        if self.parts not in BLOCK_PARTS:
+            raise ConfigError(f"method.parts={self.parts!r} is not one of {', '.join(BLOCK_PARTS)}")
+        if self.grow_mode not in GROW_MODES:
+            raise ConfigError(f"method.grow_mode={self.grow_mode!r} is not one of {', '.join(GROW_MODES)}")
+        check_attn_scale(self.attn_scale)
+        if self.grow_by < 1:
+            raise ConfigError(f"method.grow_by={self.grow_by}: a growth round adds at least 1 layer")
+        if self.max_layers > k:
+            raise ConfigError(f"method.max_layers={self.max_layers} exceeds the reference's {k} layers "
+                              "(model.n_layer)")
+        if self.max_layers < n:
+            raise ConfigError(f"method.max_layers={self.max_layers} is below the target's {n} layers; set it "
+                              f"between {n} (no growth) and {k}")
+        if self.carry_optimizer and self.grow_mode != "append":
+            raise ConfigError("method.carry_optimizer=true keeps the AdamW state of the parameters that survive a "
+                              "growth; only method.grow_mode=append keeps any (reinherit starts from fresh copies)")
+        for steps in self.scratch_baselines:
+            check_steps(run.cfg, "method.scratch_baselines", steps)
+        family = family_of(run.model)
+        if family.inherits_whole and (self.parts != "block" or not self.copy_wpe or not self.copy_ln_f):
+            raise ConfigError(f"a {family.title} reference is inherited as the official lit-gpt code did (whole "
+                              "layers, plus embeddings, final norm and head): set method.parts=block, "
+                              "method.copy_wpe=true and method.copy_ln_f=true")
+        if not family.keeps_source_scale and self.attn_scale == "source" and run.model.scale_attn_by_inverse_layer_idx:
+            raise ConfigError(f"a {family.title} model scales attention by each layer's position (e.g. GPT-2); "
+                              "method.attn_scale=source cannot be expressed there (use method.attn_scale=position)")
+
+    # -- the stages
+    def depths(self) -> list[int]:
+        """The depth of every round Algorithm 1 may run: n, n + g, ... up to max_layers (one round for a list of
+        blocks, which does not grow)."""
+        n = len(self.blocks) if self.blocks else int(self.n_layer)
+        return [n] if self.blocks else list(range(n, int(self.max_layers) + 1, int(self.grow_by)))
+
+    def rounds(self, run: Run) -> list[Stage]:
+        ref = reference_identity(run)
+        rounds: list[Stage] = []
+        for rnd, n_layer in enumerate(self.depths()):
+            sources = {"reference": ref, "round": rnd, **first_batch(run, rnd)}
+            if rnd and self.grow_mode == "append":
+                sources["previous"] = rounds[-1].identity
+                if self.carry_optimizer:
+                    sources["carry_optimizer"] = True
+            if rnd == 0:
+                what = f"blocks {list(self.blocks)}" if self.blocks else f"blocks 0-{n_layer - 1}"
+                init = f"inherits {what} of the reference ({self.parts})"
+            elif self.grow_mode == "append":
+                init = (f"round {rnd}'s target + reference blocks {rounds[-1].identity['model']['n_layer']}-"
+                        f"{n_layer - 1}{', its AdamW state carried' if self.carry_optimizer else ''}")
+            else:
+                init = f"inherits blocks 0-{n_layer - 1} of the reference afresh ({self.parts})"
+            rounds.append(derived_stage(run, f"round{rnd + 1}-L{n_layer}", n_layer, "inheritune", init, **sources))
+        return rounds
+
+    def baselines(self, run: Run) -> dict[int, list[Stage]]:
+        """The scratch baselines for every depth the run may end at (e.g. [T, 2T] as in Table 1)."""
+        return {n: [scratch_stage(run, n, int(steps), f"scratch-L{n}-T{steps}") for steps in self.scratch_baselines]
+                for n in self.depths()}
+
+    def plan(self, run):
+        return unique([reference_stage(run), *self.rounds(run),
+                       *(s for stages in self.baselines(run).values() for s in stages)])
+
+    def check(self, run):
+        from lit_inheritune.training.identity import check_stage_dir
+
+        super().check(run)
+        check_stage_dir(run.run_dir, fit_identity(self.rounds(run), tolerance=self.tolerance,
+                                                  carry_optimizer=self.carry_optimizer))
+
+    # -- training
+    def surgery(self, run: Run):
+        """(inherit(reference, n_layer, blocks), grow(target, reference, n_new)): the model family's surgery (targets
+        train in float32 whatever the reference's dtype)."""
+        family = family_of(run.model)
+        kwargs = dict(parts=self.parts, copy_wpe=self.copy_wpe, copy_ln_f=self.copy_ln_f, attn_scale=self.attn_scale)
+        return (lambda ref, n, blocks: family.inherit(ref, n_layer=n, blocks=blocks, **kwargs),
+                lambda tgt, ref, n_new: family.grow(tgt, ref, n_new=n_new, mode=self.grow_mode, **kwargs))
+
+    def judge(self, result: dict, ref: dict) -> dict:
+        return {**result, "reference_val_loss": ref["val_loss"],
+                "matched": result["val_loss"] <= ref["val_loss"] + self.tolerance}
+
+    def run(self, run, datamodule):
+        import lightning as L
+
+        from lit_inheritune.methods.growing import causal_lm_stages
+        from lit_inheritune.training.grow import Growth
+        from lit_inheritune.training.runner import fit_growth
+
+        rounds = self.rounds(run)
+        headers = Headers(run, self.plan(run), may_stop_early=len(rounds) > 1)
+        reference, ref_result = obtain_reference(run, datamodule, header=headers(reference_stage(run)))
+        if ref_result is None:
+            ref_result = measure(run, reference, datamodule)
+            print(f"[{run.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
+                  f"{ref_result['val_loss']:.4f} on this experiment's val windows", flush=True)
+        inherit, grow_target = self.surgery(run)
+        L.seed_everything(run.seed, workers=True, verbose=False)
+        blocks = list(self.blocks) if self.blocks else None
+        target = inherit(reference, None if blocks else rounds[0].identity["model"]["n_layer"], blocks)
+        depths = [s.identity["model"]["n_layer"] for s in rounds]
+        growth = Growth(
+            stages=rounds, steps=run.steps, seeds=[run.seed + i for i in range(len(rounds))], name=run.name,
+            grow=lambda model, i: grow_target(model, reference, depths[i] - model.config.n_layer),
+            stop=lambda r: self.judge(r, ref_result)["matched"],
+            describe=lambda r: (f"vs reference {ref_result['val_loss']:.4f}: "
+                                + ("matched" if self.judge(r, ref_result)["matched"] else "not matched")),
+            carry_optimizer=self.carry_optimizer)
+        identity = fit_identity(rounds, tolerance=self.tolerance, carry_optimizer=self.carry_optimizer)
+        results = [self.judge(r, ref_result)
+                   for r in fit_growth(run.cfg, causal_lm_stages(run), target, datamodule, growth, identity, headers)]
+        final = results[-1]["n_layer"]
+        baselines = self.baselines(run)[final]
+        ref_stage = reference_stage(run)
+        scratch = [  # same-size random init, e.g. [T, 2T] as in Table 1
+            self.judge(train_scratch(run, datamodule, stage, final, stage.identity["train"]["max_steps"],
+                                     header=headers(stage)), ref_result)
+            for stage in baselines
+        ]
+        # a baseline that is the reference's own run (same depth, steps, seed) is the reference's row already
+        scratch = [r for r, stage in zip(scratch, baselines) if ref_stage is None or stage.dir != ref_stage.dir]
+        write_stage_table(run, ref_result, results + scratch)
+        return results + scratch
+
+    def summary(self, run, results):
+        table = run.run_dir / "stages.md"
+        rounds = [r for r in results if ROUND.match(r["stage"])]
+        if not rounds or not table.exists():
+            return []
+        final = rounds[-1]
+        return ["\n" + table.read_text().split("\n\n", 1)[-1],
+                f"[{run.name}] Inheritune {final['n_layer']}L {'matched' if final['matched'] else 'did not match'} "
+                f"the reference (val loss {final['val_loss']:.4f} vs {final['reference_val_loss']:.4f}) after "
+                f"{len(rounds)} round(s) | table {table}"]
+
+    def analysis_results(self, run, results):
+        """The reference beside every trained stage (stages.json)."""
+        stages = run.run_dir / "stages.json"
+        if not stages.exists():
+            return results
+        data = json.loads(stages.read_text())
+        return [data["reference"], *data["stages"]]
+
+
+def write_stage_table(run: Run, ref: dict, results: list[dict]) -> str:
+    from lit_inheritune.io import write_json_atomic
+    from lit_inheritune.provenance import provenance
+
+    rows = [("reference", ref, "")] + [(r["stage"], r, "yes" if r["matched"] else "no") for r in results]
+    lines = ["| stage | layers | params | steps | tokens | val loss | reference val loss | matched |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r, matched in rows:
+        steps = "" if r.get("steps") is None else r["steps"]
+        tokens = "" if r.get("tokens") is None else f"{r['tokens'] / 1e6:.2f}M"
+        lines.append(f"| {name} | {r['n_layer']} | {r['params'] / 1e6:.2f}M | {steps} | {tokens} | "
+                     f"{r['val_loss']:.4f} | {ref['val_loss']:.4f} | {matched} |")
+    table = "\n".join(lines) + "\n"
+    prov = {**provenance(), "seed": run.seed, "experiment": run.name}
+    header = "".join(f"- {k}: `{v}`\n" for k, v in prov.items())
+    (run.run_dir / "stages.md").write_text(f"{header}\n{table}")
+    write_json_atomic(run.run_dir / "stages.json", {"reference": ref, "stages": results, "provenance": prov})
+    return table
