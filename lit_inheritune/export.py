@@ -17,8 +17,6 @@ tokenizer.json a `GPT2TokenizerFast` saves). One difference by design: HF tokeni
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.config import CONFIG_DIR
 from lit_inheritune.errors import cli_errors, run_cli
+from lit_inheritune.io import atomic_dir
 from lit_inheritune.models.gpt import GPT, GPTConfig
 from lit_inheritune.tokenizer import EOT_TOKEN, BPETokenizer, TiktokenTokenizer, Tokenizer
 
@@ -238,19 +237,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
     hf = to_hf_gpt2(model, eot_id=None if tok is None else tok.eot_id)
 
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.export-tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with atomic_dir(out) as staging:  # a replaced `out` (an earlier export) goes only once this one is complete
         hf.save_pretrained(staging)
         if tok is not None:
             save_hf_tokenizer(tok, staging, model_max_length=model.config.block_size)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

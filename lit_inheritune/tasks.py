@@ -20,13 +20,13 @@ builds it for the checkpoint's dataset under `<data_dir>/tasks/`.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from lit_inheritune.data.prepare import DataError, load_prepared
+from lit_inheritune.io import write_text_atomic
 from lit_inheritune.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 # Bump when the passages a given (dataset, n, context_tokens, seed) yields change, so old files are rebuilt.
@@ -139,9 +139,9 @@ def write_last_word_task(data_dir: str | Path, out_dir: str | Path, n: int = 500
         return out_dir
     passages = last_word_passages(data_dir, n, context_tokens, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(data_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in passages))
-    _write_atomically(loader_path, LOCAL_JSON_PY)
-    _write_atomically(yaml_path, task_yaml)
+    write_text_atomic(data_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in passages))
+    write_text_atomic(loader_path, LOCAL_JSON_PY)
+    write_text_atomic(yaml_path, task_yaml)
     return out_dir
 
 
@@ -191,9 +191,3 @@ metadata:
   context_tokens: {context_tokens}
   seed: {seed}
 """
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

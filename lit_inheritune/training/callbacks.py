@@ -7,7 +7,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_inheritune.io import write_bytes_atomic, write_csv_atomic
 
 
 class SpeedMonitor(L.Callback):
@@ -89,12 +90,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes_atomic(path, buffer.getbuffer())
 
 
 class RankConsistencyCheck(L.Callback):
@@ -145,17 +141,6 @@ class RankConsistencyCheck(L.Callback):
             path.write_text(json.dumps({**recorded, **({when: digests} if dirpath else self.digests)}, indent=2))
         if len(set(digests)) > 1:
             raise RuntimeError(f"ranks hold different weights ({when}): {digests}")
-
-
-def write_csv_atomic(path: Path, header: list[str], rows: list[dict]) -> None:
-    """A CSV log written to a temporary file and renamed into place: a kill never leaves half a log."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class _HistoryKeepingWriter(ExperimentWriter):

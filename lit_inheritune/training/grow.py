@@ -22,9 +22,7 @@ so a resumed FSDP run could not grow before its weights load: FSDP runs one fit 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_inheritune.io import file_sha256, write_csv_atomic, write_json_atomic
 from lit_inheritune.provenance import provenance
 from lit_inheritune.training.identity import IDENTITY_FILE, fingerprint
 
@@ -55,12 +54,6 @@ class Growth:
     @property
     def max_steps(self) -> int:
         return self.steps * len(self.stages)
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class GrowCallback(L.Callback):
@@ -216,10 +209,8 @@ def carry_adam_state(old: torch.optim.Optimizer, old_names: dict[int, str], new:
 
 def _config_sha256(trainer) -> str:
     """The fit's config.yaml hash (fit_stage's), the stage's config too."""
-    import hashlib
-
     path = Path(trainer.default_root_dir) / "config.yaml"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+    return file_sha256(path)[:16] if path.is_file() else ""
 
 
 def _say(trainer, text: str) -> None:
@@ -251,7 +242,7 @@ def _check_ranks(trainer, pl_module, stage_dir: Path, when: str) -> None:
 def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int, tokens_per_step: int) -> None:
     """The stage's rows of the run's CSV log, steps and tokens counted from the stage's start (as its own run
     would log them)."""
-    from lit_inheritune.training.callbacks import ResumableCSVLogger, write_csv_atomic
+    from lit_inheritune.training.callbacks import ResumableCSVLogger
 
     for logger in trainer.loggers:
         if not isinstance(logger, ResumableCSVLogger):

@@ -8,7 +8,6 @@ result file exists is done and is skipped; a killed one continues from its last 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,9 +21,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.io import file_sha256, write_json_atomic
 from lit_inheritune.provenance import provenance
 from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
-from lit_inheritune.training.grow import GrowCallback, Growth, write_json_atomic
+from lit_inheritune.training.grow import GrowCallback, Growth
 from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir, fingerprint
 from lit_inheritune.training.strategy import is_fsdp
 
@@ -121,7 +121,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage_dir / IDENTITY_FILE, identity)
     OmegaConf.save(cfg, stage_dir / "config.yaml", resolve=True)
-    config_sha256 = hashlib.sha256((stage_dir / "config.yaml").read_bytes()).hexdigest()[:16]
+    config_sha256 = file_sha256(stage_dir / "config.yaml")[:16]
 
     callbacks = _callbacks(cfg, stage_dir, stage, growing=grow is not None) + ([grow] if grow else [])
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))

@@ -1,0 +1,304 @@
+"""The paper's tables for a group (paper/suites.yaml): each row ours beside the paper's number, the orderings
+the paper claims checked on both sides, the compute each row cost, and tables.md / tables.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import yaml
+
+from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
+from lit_inheritune.paper import HERE as PAPER_DIR
+from lit_inheritune.paper import published
+from lit_inheritune.provenance import provenance
+from lit_inheritune.report.plots import plot_compute, plot_curves, plot_growth
+from lit_inheritune.report.runs import (
+    _SEED,
+    _label_and_seed,
+    check_seeds_agree,
+    collect,
+    last_word_acc,
+    val_curve,
+)
+
+
+def _paper_row(path: str) -> dict:
+    """A row of tables.yaml by dotted path, e.g. 'table1.large.3'."""
+    node = published()
+    for key in path.split("."):
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
+def _ours(row: dict, runs: list[dict]) -> list[float]:
+    """The row's val loss, one value per seed that has it (final, or read off the curve at `at_step`)."""
+    values = []
+    for run in runs:
+        if run["label"] != row["run"]:
+            continue
+        if "at_step" in row:
+            value = val_curve(run["dir"]).get(int(row["at_step"]))
+            if value is not None:
+                values.append(value)
+        else:
+            values.append(run["val_loss"])
+    return values
+
+
+def _fmt_acc(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    std = f" +- {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean:.1f}{std} ({len(values)} seed{'s' if len(values) > 1 else ''})"
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "missing"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+# A difference between our rows counts only when it exceeds the seeds' noise: more than NOISE_FACTOR times the
+# pooled sample std over seeds, sqrt(mean of the two sides' variances). A side measured once (the shared
+# reference) takes its noise from the other side; with one value on both sides the noise is unknown.
+NOISE_FACTOR = 2.0
+
+
+def claim_verdict(lhs: list[float], rhs: list[float]) -> dict:
+    """Whether `lhs` is lower (better) than `rhs`: holds, fails, or a tie within the seeds' noise."""
+    if not lhs or not rhs:
+        return {"verdict": "missing", "margin": None, "noise": None}
+    margin = statistics.fmean(rhs) - statistics.fmean(lhs)  # > 0: lhs is lower
+    variances = [statistics.variance(v) for v in (lhs, rhs) if len(v) > 1]
+    noise = NOISE_FACTOR * math.sqrt(statistics.fmean(variances)) if variances else None
+    if noise is None:
+        verdict = ("holds" if margin > 0 else "fails" if margin < 0 else "tie") + " (1 seed each: noise unknown)"
+    else:
+        verdict = "tie" if abs(margin) <= noise else "holds" if margin > 0 else "fails"
+    return {"verdict": verdict, "margin": margin, "noise": noise}
+
+
+def paper_verdict(lhs: float | None, op: str, rhs: float | None) -> str:
+    """The paper's side: one published number a row, two decimals, so equal numbers are a tie for "<"."""
+    if lhs is None or rhs is None:
+        return "missing"
+    if lhs == rhs:
+        return "holds" if op == "<=" else "tie"
+    return "holds" if lhs < rhs else "fails"
+
+
+_ROUND = re.compile(r"^round(\d+)-L\d+$")
+
+
+def _earlier_rounds(run: dict, runs: list[dict]) -> list[dict]:
+    """Re-inherited Inheritune rounds do not build on the round before, but it had to be trained (and fall
+    short) first: the identities of the earlier rounds of the same run."""
+    me = _ROUND.match(Path(run["dir"]).name)
+    if not me or (run["identity"].get("init") or {}).get("previous"):
+        return []
+    parent = Path(run["dir"]).parent
+    return [r["identity"] for r in runs if r.get("identity") and Path(r["dir"]).parent == parent
+            and (m := _ROUND.match(Path(r["dir"]).name)) and int(m.group(1)) < int(me.group(1))]
+
+
+def rounds_not_needed(label: str, runs: list[dict]) -> str | None:
+    """Why an Inheritune round has no result, when the reason is Algorithm 1 itself: every seed's fit stopped
+    at an earlier round that matched the reference. None while any seed could still reach the round."""
+    parent, _, stage = label.rpartition("/")
+    wanted = _ROUND.match(stage)
+    if not wanted:
+        return None
+    known = next((Path(r["dir"]).parent for r in runs if r["label"].startswith(parent + "/")), None)
+    if known is None:
+        return None
+    # every seed's run on disk, finished or not (one still in round 1 has no round result yet)
+    fits = [p for p in known.parent.iterdir()
+            if p.is_dir() and re.fullmatch(re.escape(_SEED.sub("", known.name)) + r"-s\d+", p.name)]
+    matched = {}
+    for fit in fits:
+        record = fit / "stages.json"
+        rounds = json.loads(record.read_text())["stages"] if record.exists() else []
+        first = next((st["stage"] for st in rounds if _ROUND.match(st["stage"]) and st.get("matched")), None)
+        if first is None or int(_ROUND.match(first).group(1)) >= int(wanted.group(1)):
+            return None
+        matched.setdefault(first.split("-")[0], []).append(_label_and_seed(fit.parent, fit)[1])
+    if not matched:
+        return None
+    return "not run: " + "; ".join(f"{stage} matched ({_seeds(seeds)})" for stage, seeds in sorted(matched.items()))
+
+
+def _seeds(seeds) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {','.join(map(str, sorted(seeds)))}"
+
+
+def row_compute(row: dict, runs: list[dict]) -> dict:
+    """Tokens, training FLOPs of the row's own stage and cumulative FLOPs with everything it was built from
+    (compute.py), from the first seed's identity (the seeds agree on all but their seed); read off the curve
+    at `at_step`, the row's own stage counts up to that step."""
+    run = next((r for r in runs if r["label"] == row["run"] and r.get("identity")), None)
+    if run is None:
+        return {"tokens": None, "flops": None, "cumulative_flops": None}
+    ident = run["identity"]
+    own, total = stage_flops(ident), cumulative_flops(ident, _earlier_rounds(run, runs))
+    fraction = int(row["at_step"]) / ident["train"]["max_steps"] if row.get("at_step") else 1.0
+    if own is not None and total is not None:
+        total -= own * (1 - fraction)
+    return {"tokens": int(tokens(ident) * fraction), "flops": None if own is None else own * fraction,
+            "cumulative_flops": total}
+
+
+def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
+    """Every table of a suite as data: rows (ours per seed, paper number) and checks (verdicts both sides)."""
+    spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[suite]
+    tables = []
+    for table in spec["tables"]:
+        rows = []
+        for row in table["rows"]:
+            paper = _paper_row(row["paper"]) if row.get("paper") else None
+            values = _ours(row, runs)
+            rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
+                         "ours": values, "mean": statistics.fmean(values) if values else None,
+                         "seeds": sorted(r["seed"] for r in runs if r["label"] == row["run"]),
+                         "last_word_acc": [a for r in runs if r["label"] == row["run"] and not row.get("at_step")
+                                           and (a := last_word_acc(r["dir"])) is not None],
+                         "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
+                                                  if r["label"] == row["run"] and "config_sha256" in r.get(
+                                                      "provenance", {})}),
+                         "paper": paper,
+                         "not_run": None if values else rounds_not_needed(row.get("needed_by", row["run"]), runs),
+                         **row_compute(row, runs)})
+        by_name = {r["name"]: r for r in rows}
+        checks = []
+        for check in table.get("checks", []):
+            lhs, rhs = by_name[check["lhs"]], by_name[check["rhs"]]
+            p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
+            paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
+            ours = claim_verdict(lhs["ours"], rhs["ours"])
+            if ours["verdict"] == "missing" and (lhs["not_run"] or rhs["not_run"]):
+                ours["verdict"] = lhs["not_run"] or rhs["not_run"]
+            checks.append({"claim": check["claim"], "ours": ours["verdict"], "margin": ours["margin"],
+                           "noise": ours["noise"],
+                           "paper": paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
+                           "ours_values": [lhs["mean"], rhs["mean"]],
+                           "paper_values": [paper_value(p_lhs), paper_value(p_rhs)]})
+        tables.append({"id": table["id"], "title": table["title"], "rows": rows, "checks": checks})
+    return tables
+
+
+def suite_markdown(table: dict) -> str:
+    # Downstream columns only where something was evaluated: our last-word accuracy beside the paper's LAMBADA
+    evaluated = any(row["last_word_acc"] for row in table["rows"])
+    head = " last-word acc %, ours | paper LAMBADA acc % |" if evaluated else ""
+    lines = [f"## {table['title']}", "",
+             "| row | our run | seeds | val loss, ours (mean +- std) | tokens | train FLOPs | cumulative FLOPs "
+             "| paper row | paper val loss |" + head,
+             "|---|---|---|---|---|---|---|---|---|" + "---|---|" * evaluated]
+    for row in table["rows"]:
+        run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
+        seeds = ",".join(map(str, row["seeds"])) or "-"
+        paper = row["paper"] or {}
+        paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
+        paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
+            "val_loss"] else f"{paper['val_loss']:.4f}"
+        line = (f"| {row['name']} | `{run}` | {seeds} | {row['not_run'] or _fmt(row['ours'])} | {_fmt_count(row['tokens'])} | "
+                f"{_fmt_count(row['flops'])} | {_fmt_count(row['cumulative_flops'])} | {paper_name} | {paper_loss} |")
+        if evaluated:
+            line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
+        lines.append(line)
+    if table["checks"]:
+        lines += ["", f"A claim holds at our scale only when the margin exceeds the noise ({NOISE_FACTOR:g} x the pooled "
+                  "std over seeds); otherwise it is a tie.", "",
+                  "| the paper's claim | ours | margin (rhs - lhs) | noise | paper |", "|---|---|---|---|---|"]
+        num = lambda x: "-" if x is None else f"{x:+.4f}"
+        for c in table["checks"]:
+            noise = "-" if c["noise"] is None else f"{c['noise']:.4f}"
+            lines.append(f"| {c['claim']} | {c['ours']} | {num(c['margin'])} | {noise} | {c['paper']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_count(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}" if x < 1e6 else f"{x:.2e}"
+
+
+COMPUTE_NOTE = ("Compute: tokens trained and training FLOPs = tokens x 3 x (2 x (12 L d^2 + d V) + 2 L T d) "
+                "(matrices, the LM head and attention over the full context; KD adds the teacher's forward); "
+                "cumulative FLOPs add everything the row was built from, once each: the reference's training, "
+                "the earlier rounds or stage, read off the curve where the row is.")
+
+
+def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
+    """For every Inheritune run of the group: the round that first matched the reference and the cumulative
+    FLOPs spent to get there (mean over seeds), so append and reinherit growth can be set side by side."""
+    by_run: dict[str, list[tuple[int, str | None, float | None]]] = {}
+    for path in sorted(Path(group_dir).rglob("stages.json")):
+        stages = json.loads(path.read_text())["stages"]
+        rounds = [st for st in stages if _ROUND.match(st["stage"])]
+        if not rounds:
+            continue
+        label, seed = _label_and_seed(Path(group_dir), path.parent)
+        matched = next((st for st in rounds if st.get("matched")), None)
+        cost = None
+        if matched:
+            row = next((r for r in runs if r["dir"] == str(path.parent / matched["stage"]) and r.get("identity")), None)
+            cost = cumulative_flops(row["identity"], _earlier_rounds(row, runs)) if row else None
+        by_run.setdefault(label, []).append((seed, matched["stage"] if matched else None, cost))
+    lines = []
+    for label, entries in by_run.items():
+        reached = [c for _, stage, c in entries if stage and c is not None]
+        outcomes: dict[str, list[int]] = {}  # seeds can disagree: say which seed matched where
+        for seed, stage, _ in entries:
+            outcomes.setdefault(stage or "not reached", []).append(seed)
+        rounds = "; ".join(f"{stage} ({_seeds(seeds)})" for stage, seeds in sorted(outcomes.items()))
+        cost = f"{statistics.fmean(reached):.2e} FLOPs (mean of {len(reached)})" if reached else "-"
+        lines.append(f"| `{label}` | {len(entries)} | {rounds} | {cost} |")
+    if not lines:
+        return []
+    at_once = [f"`{label}`" for label, entries in by_run.items()
+               if all(stage and stage.startswith("round1-") for _, stage, _ in entries)]
+    note = ["", f"Round 1 matched the reference in every seed of {', '.join(at_once)}: no growth round ran there, "
+            "so append, reinherit and carry-optimizer growth (which differ from round 2 on) would cost the same."] \
+        if at_once else []
+    return ["## Compute to match the reference", "",
+            "| Inheritune run | seeds | first matching round | cumulative FLOPs to get there |",
+            "|---|---|---|---|", *lines, *note, ""]
+
+
+def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command: str | None = None) -> Path:
+    """The paper's tables for a group: tables.md, tables.json and one curves PNG per table."""
+    runs = collect(group_dir)
+    check_seeds_agree(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = suite_tables(suite, runs)
+    prov = provenance(command)
+    spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[suite]
+    trained = sorted({r["provenance"]["commit"] for r in runs if "provenance" in r})
+    unrecorded = sum("provenance" not in r for r in runs)
+    header = "".join(f"- {k}: `{v}`\n" for k, v in prov.items())
+    header += f"- runs trained at commit(s): {', '.join(f'`{c}`' for c in trained) or '-'}"
+    header += f" ({unrecorded} of {len(runs)} runs predate recording it)\n" if unrecorded else "\n"
+    wall = sum(r.get("wall_seconds", 0.0) for r in runs) / 3600
+    header += f"- wall time of all runs in the group: {wall:.2f} h\n"
+    parts = [f"# Paper tables: {suite}\n", spec["description"].strip() + "\n", header]
+    parts.append(COMPUTE_NOTE + "\n")
+    for table in tables:
+        png = plot_curves(table, runs, out_dir / f"{table['id']}_curves.png")
+        parts.append(suite_markdown(table) + f"\n![{table['id']} curves]({png.name})\n")
+    parts += growth_cost(Path(group_dir), runs)
+    growth_png = plot_growth(Path(group_dir), out_dir / "growth_curves.png")
+    if growth_png:
+        parts.append(f"![growing runs, stage boundaries marked]({growth_png.name})\n")
+    compute_png = plot_compute(tables, runs, out_dir / "compute_curves.png")
+    if compute_png:
+        parts.append(f"![val loss against cumulative FLOPs]({compute_png.name})\n")
+    (out_dir / "tables.md").write_text("\n".join(parts))
+    (out_dir / "tables.json").write_text(json.dumps({"provenance": prov, "suite": suite, "tables": tables},
+                                                     indent=2) + "\n")
+    return out_dir / "tables.md"
