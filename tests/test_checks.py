@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_inheritune import checks, schema
+from lit_inheritune import schema
 from lit_inheritune.config import compose
 from lit_inheritune.errors import ConfigError
 
@@ -33,8 +33,7 @@ def test_schemas_have_the_fields_of_what_they_instantiate():
 def test_every_method_config_names_a_method_with_its_own_checks_and_the_parts_the_code_has():
     from lit_inheritune.config import CONFIG_DIR, compose
     from lit_inheritune.methods import BUILT_IN, Method, method_class
-    from lit_inheritune.models import BLOCK_PARTS
-    from lit_inheritune.models import gpt
+    from lit_inheritune.models import BLOCK_PARTS, gpt
 
     names = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
     assert len(names) == 7

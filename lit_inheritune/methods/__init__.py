@@ -20,6 +20,7 @@ from lit_inheritune.methods.base import (
     reference_stage,
     scratch_dir,
     scratch_stage,
+    seeds_text,
 )
 from lit_inheritune.methods.distill import DistilBertKD, LogitKD
 from lit_inheritune.methods.half_width import HalfWidth
@@ -34,6 +35,11 @@ for _cls in BUILT_IN:  # so identities recorded by any of them read alike wherev
     register_method_keys(_cls.name, _cls.identity_keys())
 
 
+def method_by_name(name: str) -> type[Method] | None:
+    """The built-in method class of this name (the `name` its stages' identities record), or None."""
+    return next((cls for cls in BUILT_IN if cls.name == name), None)
+
+
 def reference_dir(cfg):
     """Where a composed config's reference is trained (its scratch run's directory; None when it is given)."""
     stage = reference_stage(make_run(cfg))
@@ -43,5 +49,5 @@ def reference_dir(cfg):
 __all__ = [
     "BUILT_IN", "DistilBertKD", "FromReference", "HalfWidth", "HybridStacking", "Inheritune", "LogitKD", "Method",
     "Reference", "Run", "Scratch", "Stacking", "Stage", "derived_stage", "load_method", "make_run", "method_class",
-    "random_model", "reference_dir", "reference_identity", "reference_stage", "scratch_dir", "scratch_stage",
+    "method_by_name", "random_model", "reference_dir", "reference_identity", "reference_stage", "scratch_dir", "scratch_stage", "seeds_text",
 ]

@@ -94,6 +94,35 @@ class Method:
         for stage in self.plan(run):
             check_stage_dir(stage.dir, stage.identity)
 
+    # -- what the report asks of a method's stages (report/claims.py); the defaults fit a method whose stages nest
+    # every stage they build on and that always trains every stage it plans
+    @classmethod
+    def earlier_stages(cls, stage: str, identity: dict, siblings: dict[str, dict]) -> list[dict]:
+        """Identities of the stages of the same run (`siblings`: name -> identity) that had to be trained before
+        `stage` though its identity does not nest them: their compute counts toward its cumulative compute."""
+        return []
+
+    @classmethod
+    def not_run_reason(cls, stage: str, fits: list[tuple[int | None, list[dict]]]) -> str | None:
+        """Why `stage` has no result when the method itself chose not to train it, given every seed's run on disk
+        (seed, the records of its stages.json, [] while it has none); None while a seed could still train it."""
+        return None
+
+    @classmethod
+    def growth_outcome(cls, stages: list[dict]) -> dict | None:
+        """For a run that grows until a stage meets the method's bar: {"stages": the stages that compete, "matched":
+        the first to meet the bar or None}; None for methods without such a bar."""
+        return None
+
+    @classmethod
+    def first_stage_note(cls, labels: list[str]) -> str | None:
+        """A sentence for the runs (`labels`) whose first stage met the bar in every seed."""
+        return None
+
+
+def seeds_text(seeds) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {','.join(map(str, sorted(seeds)))}"
+
 
 def _plain(value):
     if isinstance(value, (DictConfig,)) or OmegaConf.is_config(value):

@@ -27,6 +27,7 @@ from lit_inheritune.methods.base import (
     reference_identity,
     reference_stage,
     scratch_stage,
+    seeds_text,
     train_scratch,
     unique,
 )
@@ -216,6 +217,46 @@ class Inheritune(Method):
             return results
         data = json.loads(stages.read_text())
         return [data["reference"], *data["stages"]]
+
+    # -- what the report asks
+    @classmethod
+    def earlier_stages(cls, stage, identity, siblings):
+        """A re-inherited round does not build on the round before, but that round had to be trained (and fall
+        short) first; an appended round nests it already (init.previous)."""
+        me = ROUND.match(stage)
+        if not me or (identity.get("init") or {}).get("previous"):
+            return []
+        return [ident for name, ident in siblings.items()
+                if (m := ROUND.match(name)) and int(m.group(1)) < int(me.group(1))]
+
+    @classmethod
+    def not_run_reason(cls, stage, fits):
+        """A round Algorithm 1 never reached: every seed's fit, finished or not, stopped at an earlier round that
+        matched the reference."""
+        wanted = ROUND.match(stage)
+        if not wanted:
+            return None
+        matched: dict[str, list] = {}
+        for seed, stages in fits:
+            first = next((st["stage"] for st in stages if ROUND.match(st["stage"]) and st.get("matched")), None)
+            if first is None or int(ROUND.match(first).group(1)) >= int(wanted.group(1)):
+                return None
+            matched.setdefault(first.split("-")[0], []).append(seed)
+        if not matched:
+            return None
+        return "not run: " + "; ".join(f"{name} matched ({seeds_text(seeds)})" for name, seeds in sorted(matched.items()))
+
+    @classmethod
+    def growth_outcome(cls, stages):
+        rounds = [st for st in stages if ROUND.match(st["stage"])]
+        if not rounds:
+            return None
+        return {"stages": rounds, "matched": next((st for st in rounds if st.get("matched")), None)}
+
+    @classmethod
+    def first_stage_note(cls, labels):
+        return (f"Round 1 matched the reference in every seed of {', '.join(labels)}: no growth round ran there, so "
+                "append, reinherit and carry-optimizer growth (which differ from round 2 on) would cost the same.")
 
 
 def write_stage_table(run: Run, ref: dict, results: list[dict]) -> str:

@@ -7,8 +7,8 @@ from lit_inheritune.report.claims import (
     NOISE_FACTOR,
     claim_verdict,
     growth_cost,
+    not_run_reason,
     paper_verdict,
-    rounds_not_needed,
     row_compute,
     suite_markdown,
     suite_tables,
@@ -27,6 +27,6 @@ from lit_inheritune.report.runs import (
 
 __all__ = [
     "COMPUTE_NOTE", "NOISE_FACTOR", "check_seeds_agree", "claim_verdict", "collect", "growth_cost", "last_word_acc",
-    "markdown_table", "paper_verdict", "plot_compute", "plot_curves", "plot_growth", "rounds_not_needed",
+    "markdown_table", "paper_verdict", "plot_compute", "plot_curves", "plot_growth", "not_run_reason",
     "row_compute", "suite_markdown", "suite_tables", "summarize", "val_curve", "write_report", "write_suite",
 ]

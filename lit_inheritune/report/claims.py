@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
+from lit_inheritune.methods import method_by_name, seeds_text
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.paper import published
 from lit_inheritune.provenance import provenance
@@ -94,48 +95,41 @@ def paper_verdict(lhs: float | None, op: str, rhs: float | None) -> str:
     return "holds" if lhs < rhs else "fails"
 
 
-_ROUND = re.compile(r"^round(\d+)-L\d+$")
+def _method(record: dict | None):
+    """The method class that made a run record's stage (None for a stage that names no method: a scratch run, the
+    reference, stacking's first stage)."""
+    name = ((((record or {}).get("identity") or {}).get("init") or {}).get("method") or {}).get("name")
+    return method_by_name(name) if name else None
 
 
-def _earlier_rounds(run: dict, runs: list[dict]) -> list[dict]:
-    """Re-inherited Inheritune rounds do not build on the round before, but it had to be trained (and fall
-    short) first: the identities of the earlier rounds of the same run."""
-    me = _ROUND.match(Path(run["dir"]).name)
-    if not me or (run["identity"].get("init") or {}).get("previous"):
+def _earlier_stages(run: dict, runs: list[dict]) -> list[dict]:
+    """Identities of the stages of the same run that had to be trained before this one though its identity does not
+    nest them (the method says which: Inheritune's re-inherited rounds)."""
+    cls = _method(run)
+    if cls is None:
         return []
     parent = Path(run["dir"]).parent
-    return [r["identity"] for r in runs if r.get("identity") and Path(r["dir"]).parent == parent
-            and (m := _ROUND.match(Path(r["dir"]).name)) and int(m.group(1)) < int(me.group(1))]
+    siblings = {Path(r["dir"]).name: r["identity"] for r in runs
+                if r.get("identity") and Path(r["dir"]).parent == parent and r["dir"] != run["dir"]}
+    return cls.earlier_stages(Path(run["dir"]).name, run["identity"], siblings)
 
 
-def rounds_not_needed(label: str, runs: list[dict]) -> str | None:
-    """Why an Inheritune round has no result, when the reason is Algorithm 1 itself: every seed's fit stopped
-    at an earlier round that matched the reference. None while any seed could still reach the round."""
+def not_run_reason(label: str, runs: list[dict]) -> str | None:
+    """Why a stage has no result, when the reason is its method's own decision (Algorithm 1 stopped at an earlier
+    round that matched the reference in every seed); None while any seed could still reach it."""
     parent, _, stage = label.rpartition("/")
-    wanted = _ROUND.match(stage)
-    if not wanted:
+    sibling = next((r for r in runs if r["label"].startswith(parent + "/") and _method(r)), None)
+    if sibling is None:
         return None
-    known = next((Path(r["dir"]).parent for r in runs if r["label"].startswith(parent + "/")), None)
-    if known is None:
-        return None
-    # every seed's run on disk, finished or not (one still in round 1 has no round result yet)
-    fits = [p for p in known.parent.iterdir()
-            if p.is_dir() and re.fullmatch(re.escape(_SEED.sub("", known.name)) + r"-s\d+", p.name)]
-    matched = {}
-    for fit in fits:
-        record = fit / "stages.json"
-        rounds = json.loads(record.read_text())["stages"] if record.exists() else []
-        first = next((st["stage"] for st in rounds if _ROUND.match(st["stage"]) and st.get("matched")), None)
-        if first is None or int(_ROUND.match(first).group(1)) >= int(wanted.group(1)):
-            return None
-        matched.setdefault(first.split("-")[0], []).append(_label_and_seed(fit.parent, fit)[1])
-    if not matched:
-        return None
-    return "not run: " + "; ".join(f"{stage} matched ({_seeds(seeds)})" for stage, seeds in sorted(matched.items()))
-
-
-def _seeds(seeds) -> str:
-    return f"seed{'s' * (len(seeds) > 1)} {','.join(map(str, sorted(seeds)))}"
+    known = Path(sibling["dir"]).parent
+    # every seed's run on disk, finished or not (one still in its first stage has no stage record yet)
+    fits = []
+    for fit in sorted(known.parent.iterdir()):
+        if fit.is_dir() and re.fullmatch(re.escape(_SEED.sub("", known.name)) + r"-s\d+", fit.name):
+            record = fit / "stages.json"
+            fits.append((_label_and_seed(fit.parent, fit)[1],
+                         json.loads(record.read_text())["stages"] if record.exists() else []))
+    return _method(sibling).not_run_reason(stage, fits) if fits else None
 
 
 def row_compute(row: dict, runs: list[dict]) -> dict:
@@ -146,7 +140,7 @@ def row_compute(row: dict, runs: list[dict]) -> dict:
     if run is None:
         return {"tokens": None, "flops": None, "cumulative_flops": None}
     ident = run["identity"]
-    own, total = stage_flops(ident), cumulative_flops(ident, _earlier_rounds(run, runs))
+    own, total = stage_flops(ident), cumulative_flops(ident, _earlier_stages(run, runs))
     fraction = int(row["at_step"]) / ident["train"]["max_steps"] if row.get("at_step") else 1.0
     if own is not None and total is not None:
         total -= own * (1 - fraction)
@@ -172,7 +166,7 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
                                                   if r["label"] == row["run"] and "config_sha256" in r.get(
                                                       "provenance", {})}),
                          "paper": paper,
-                         "not_run": None if values else rounds_not_needed(row.get("needed_by", row["run"]), runs),
+                         "not_run": None if values else not_run_reason(row.get("needed_by", row["run"]), runs),
                          **row_compute(row, runs)})
         by_name = {r["name"]: r for r in rows}
         checks = []
@@ -234,20 +228,24 @@ COMPUTE_NOTE = ("Compute: tokens trained and training FLOPs = tokens x 3 x (2 x 
 
 
 def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
-    """For every Inheritune run of the group: the round that first matched the reference and the cumulative
-    FLOPs spent to get there (mean over seeds), so append and reinherit growth can be set side by side."""
+    """For every run of the group whose method grows until a stage meets its bar (Inheritune's rounds): the stage
+    that first met it and the cumulative FLOPs spent to get there (mean over seeds), so ways of growing can be set
+    side by side."""
     by_run: dict[str, list[tuple[int, str | None, float | None]]] = {}
+    methods = {}
     for path in sorted(Path(group_dir).rglob("stages.json")):
         stages = json.loads(path.read_text())["stages"]
-        rounds = [st for st in stages if _ROUND.match(st["stage"])]
-        if not rounds:
+        record = next((r for r in runs if Path(r["dir"]).parent == path.parent and _method(r)), None)
+        outcome = _method(record).growth_outcome(stages) if record else None
+        if not outcome:
             continue
         label, seed = _label_and_seed(Path(group_dir), path.parent)
-        matched = next((st for st in rounds if st.get("matched")), None)
+        methods[label] = (_method(record), outcome["stages"][0]["stage"])
+        matched = outcome["matched"]
         cost = None
         if matched:
             row = next((r for r in runs if r["dir"] == str(path.parent / matched["stage"]) and r.get("identity")), None)
-            cost = cumulative_flops(row["identity"], _earlier_rounds(row, runs)) if row else None
+            cost = cumulative_flops(row["identity"], _earlier_stages(row, runs)) if row else None
         by_run.setdefault(label, []).append((seed, matched["stage"] if matched else None, cost))
     lines = []
     for label, entries in by_run.items():
@@ -255,19 +253,20 @@ def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
         outcomes: dict[str, list[int]] = {}  # seeds can disagree: say which seed matched where
         for seed, stage, _ in entries:
             outcomes.setdefault(stage or "not reached", []).append(seed)
-        rounds = "; ".join(f"{stage} ({_seeds(seeds)})" for stage, seeds in sorted(outcomes.items()))
+        stages = "; ".join(f"{stage} ({seeds_text(seeds)})" for stage, seeds in sorted(outcomes.items()))
         cost = f"{statistics.fmean(reached):.2e} FLOPs (mean of {len(reached)})" if reached else "-"
-        lines.append(f"| `{label}` | {len(entries)} | {rounds} | {cost} |")
+        lines.append(f"| `{label}` | {len(entries)} | {stages} | {cost} |")
     if not lines:
         return []
-    at_once = [f"`{label}`" for label, entries in by_run.items()
-               if all(stage and stage.startswith("round1-") for _, stage, _ in entries)]
-    note = ["", f"Round 1 matched the reference in every seed of {', '.join(at_once)}: no growth round ran there, "
-            "so append, reinherit and carry-optimizer growth (which differ from round 2 on) would cost the same."] \
-        if at_once else []
+    notes = []
+    for cls in dict.fromkeys(cls for cls, _ in methods.values()):
+        at_once = [f"`{label}`" for label, entries in by_run.items() if methods[label][0] is cls
+                   and all(stage == methods[label][1] for _, stage, _ in entries)]
+        note = cls.first_stage_note(at_once) if at_once else None
+        notes += ["", note] if note else []
     return ["## Compute to match the reference", "",
-            "| Inheritune run | seeds | first matching round | cumulative FLOPs to get there |",
-            "|---|---|---|---|", *lines, *note, ""]
+            "| growing run | seeds | first stage to match | cumulative FLOPs to get there |",
+            "|---|---|---|---|", *lines, *notes, ""]
 
 
 def write_suite(group_dir: str | Path, out_dir: str | Path, suite: str, command: str | None = None) -> Path:
