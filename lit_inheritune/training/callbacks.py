@@ -7,6 +7,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lit_inheritune.errors import ConfigError
 from lit_inheritune.io import write_bytes_atomic, write_csv_atomic
 
 
@@ -193,22 +196,59 @@ class LogHistory(L.Callback):
             logger.save()
 
 
+PROGRESS_EVERY_ENV = "LIT_INHERITUNE_PROGRESS_EVERY"
+PROGRESS_EVERY = 50  # steps between progress lines in a log: a 100K-step stage writes 2,000 lines
+
+
+def _progress_every() -> int:
+    value = os.environ.get(PROGRESS_EVERY_ENV, "")
+    try:
+        every = int(value) if value else PROGRESS_EVERY
+    except ValueError:
+        every = 0
+    if every < 1:
+        raise ConfigError(f"{PROGRESS_EVERY_ENV}={value!r}: expected a whole number of steps >= 1")
+    return every
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 class StageProgressBar(TQDMProgressBar):
     """The training bar names the stage and counts optimizer steps to the stage's real total (Lightning's own
-    counts batches of an endless epoch: "Epoch 0/-2", and "120/59" after a resume)."""
+    counts batches of an endless epoch: "Epoch 0/-2", and "120/59" after a resume).
 
-    def __init__(self, stage: str, refresh_rate: int = 1):
+    On a terminal the bar is live. When stdout is not a terminal (a file, a pipe, a SLURM log), where every redraw
+    would be a line of its own, there is no bar: one plain line every `every` optimizer steps (default 50, or the
+    environment's LIT_INHERITUNE_PROGRESS_EVERY) and one when the stage ends, with its final losses."""
+
+    def __init__(self, stage: str, refresh_rate: int = 1, every: int | None = None):
         super().__init__(refresh_rate=refresh_rate)
         self.stage = stage
         self.start, self.total = 0, None  # the stage's first global step and its length (None: to max_steps)
+        self.every = int(every) if every is not None else _progress_every()
+        self.live = True  # decided when training starts: a live bar only on a terminal
+        self._clock = (time.monotonic(), 0)  # when the stage's count started, and at which step
+        self._printed = None  # the stage's step of the last line printed (a log's bar)
 
     @property
     def train_description(self) -> str:
         return self.stage
 
+    def init_train_tqdm(self) -> Tqdm:
+        self.live = _is_terminal(sys.stdout)
+        if self.live:
+            return super().init_train_tqdm()
+        return Tqdm(desc=self.train_description, disable=True)  # counts steps; _print_progress writes the lines
+
     def set_stage(self, stage: str, start: int, total: int) -> None:
         """A fit that grows (GrowCallback) runs several stages: the bar counts the current one."""
         self.stage, self.start, self.total = stage, start, total
+        self._clock, self._printed = (time.monotonic(), 0), None
         bar = self.train_progress_bar
         if bar is not None:
             bar.set_description(stage)
@@ -222,6 +262,7 @@ class StageProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         bar.reset(total=self._total(trainer))
         bar.initial = bar.n = trainer.global_step - self.start
+        self._clock, self._printed = (time.monotonic(), bar.n), None
 
     def init_validation_tqdm(self):
         # the val loss shows in the training bar's postfix; a bar per evaluation would only add lines
@@ -234,14 +275,49 @@ class StageProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = trainer.global_step - self.start
-        if self.train_progress_bar is not None and self.train_progress_bar.total != self._total(trainer):
+        bar = self.train_progress_bar
+        if bar is None:
+            return
+        if bar.total != self._total(trainer):
             # a fit resumed mid-epoch starts without on_train_epoch_start
-            self.train_progress_bar.reset(total=self._total(trainer))
-            self.train_progress_bar.initial = n
-        if self.train_progress_bar is not None and self._should_update(n, self.train_progress_bar.total):
-            self.train_progress_bar.n = n
-            self.train_progress_bar.refresh()
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.reset(total=self._total(trainer))
+            bar.initial = n
+        if not self.live:
+            bar.n = n
+            if n % self.every == 0 and (bar.total is None or n < bar.total):  # the last step: after its validation
+                self._print_progress(trainer, pl_module)
+        elif self._should_update(n, bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()  # one redraw per step, not two
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        bar = self._train_progress_bar
+        if not self.live and bar is not None and trainer.state.fn == "fit" and not trainer.sanity_checking \
+                and trainer.global_step - self.start == bar.total:
+            self._print_progress(trainer, pl_module)  # the stage's end, with its final val loss
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.live and self._train_progress_bar is not None:
+            self._print_progress(trainer, pl_module)  # a fit that stopped without a validation at its end
+        super().on_train_end(trainer, pl_module)
+
+    def _print_progress(self, trainer, pl_module) -> None:
+        """One line of a log's bar: the stage, its step, the speed and the losses (once per step)."""
+        bar = self.train_progress_bar
+        n = trainer.global_step - self.start
+        if self.is_disabled or n == self._printed or n <= self._clock[1]:
+            return
+        self._printed = n
+        seconds = time.monotonic() - self._clock[0]
+        rate = (n - self._clock[1]) / seconds if seconds > 0 else float("nan")
+        left = (bar.total - n) / rate if bar.total and rate > 0 else None
+        times = Tqdm.format_interval(seconds) + (f"<{Tqdm.format_interval(left)}" if left is not None else "")
+        metrics = ", ".join(f"{k}={Tqdm.format_num(v)}" for k, v in self.get_metrics(trainer, pl_module).items())
+        total = f"/{bar.total}" if bar.total else ""
+        print(f"{self.stage}: {n}{total} steps [{times}, {rate:.2f} steps/s]{' ' + metrics if metrics else ''}",
+              flush=True)
 
 
 class QuietWandbLogger(WandbLogger):

@@ -83,9 +83,16 @@ def quiet_third_parties() -> None:
     """One line per event of our own instead of Lightning's start-up notes and tips, W&B's banners and run
     summaries, and deprecation warnings that third-party code raises about itself."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # DDP's "Initializing distributed: GLOBAL_RANK: ..." from every rank, twice (Lightning's handler and Hydra's)
+    logging.getLogger("lightning.fabric.utilities.distributed").setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"The anonymous setting has no effect")
+    # Lightning's all_gather (RankConsistencyCheck's digests) calls a torch function torch deprecates, once per rank
+    warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
+    # val/loss and val/ppl come from a torchmetrics mean that syncs across ranks itself (CausalLM.val_loss):
+    # Lightning's advice to add sync_dist=True, once per metric under DDP, does not apply
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('val/(loss|ppl)', \.\.\., sync_dist")
     # A resumed stage writes into its own checkpoints/ by design; whether a directory may be reused at all is
     # decided before (identity.json), so Lightning's warning about a non-empty one only alarms.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
