@@ -96,7 +96,7 @@ def test_bad_baseline_requests_fail_before_training(tmp_path, fixture_data_dir, 
 
 
 def test_distilbert_default_mapping_is_the_papers_for_medium():
-    from lit_inheritune.checks import distilbert_blocks
+    from lit_inheritune.methods.distill import distilbert_blocks
 
     assert distilbert_blocks(24, 16) == [*range(0, 24, 2), 18, 19, 20, 21]
     assert distilbert_blocks(24, 12) == list(range(0, 24, 2))

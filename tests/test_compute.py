@@ -87,6 +87,9 @@ def test_growth_cost_says_which_seed_matched_where(tmp_path):
         fit.mkdir()
         stages = [{"stage": "reference"}, {"stage": "round1-L4", "matched": matched}]
         (fit / "stages.json").write_text(json.dumps({"stages": stages}))
+        (fit / "round1-L4").mkdir()  # the method that made the run is read from its stages' identities
+        (fit / "round1-L4" / "identity.json").write_text(json.dumps({"init": {"kind": "inheritune",
+                                                                             "method": {"name": "inheritune"}}}))
     lines = growth_cost(tmp_path, [])
     assert lines[4] == "| `inheritune-n4-block-reinherit` | 2 | not reached (seed 2); round1-L4 (seed 1) | - |"
     assert len(lines) == 6  # no "round 1 matched in every seed" note: seed 2 did not

@@ -222,11 +222,19 @@ def test_a_round_algorithm_1_never_reached_says_why_instead_of_missing(tmp_path)
     group = tmp_path / "cpu_medium_16l"
     _stage(group, "scratch-L8-T1500-s0", 4.60, n_layer=8, steps=1500)
 
+    from lit_inheritune.config import compose
+    from lit_inheritune.run import plan
+
+    planned = {(seed, int(s.name[5])): s.identity for seed in (1, 2, 3)
+               for s in plan(compose(["experiment=cpu_medium_16l", f"seed={seed}"])) if s.name.startswith("round")}
+
     def fit(seed, rounds):  # the growing run's record: each round's val loss and whether it matched
         run = f"inheritune-n4-block-reinherit-s{seed}"
         for i, (loss, _) in enumerate(rounds, start=1):
             if not (group / run / f"round{i}-L{3 + i}").exists():
                 _stage(group, f"{run}/round{i}-L{3 + i}", loss, n_layer=3 + i)
+                # the method that made a stage is read from its identity, as every run records it
+                (group / run / f"round{i}-L{3 + i}" / "identity.json").write_text(json.dumps(planned[(seed, i)]))
         (group / run / "stages.json").write_text(json.dumps({"reference": {"last_checkpoint": "x"}, "stages": [
             {"stage": f"round{i}-L{3 + i}", "val_loss": loss, "matched": matched}
             for i, (loss, matched) in enumerate(rounds, start=1)]}))

@@ -25,6 +25,7 @@ from lit_inheritune.report.runs import (
     last_word_acc,
     val_curve,
 )
+from lit_inheritune.training.identity import IDENTITY_FILE
 
 
 def _paper_row(path: str) -> dict:
@@ -100,6 +101,17 @@ def _method(record: dict | None):
     reference, stacking's first stage)."""
     name = ((((record or {}).get("identity") or {}).get("init") or {}).get("method") or {}).get("name")
     return method_by_name(name) if name else None
+
+
+def _run_method(run_dir: Path, stages: list[dict]):
+    """The method of a run directory's stages (stages.json), read from the first stage identity on disk."""
+    for stage in stages:
+        path = run_dir / stage["stage"] / IDENTITY_FILE
+        if path.is_file():
+            cls = _method({"identity": json.loads(path.read_text())})
+            if cls:
+                return cls
+    return None
 
 
 def _earlier_stages(run: dict, runs: list[dict]) -> list[dict]:
@@ -235,12 +247,12 @@ def growth_cost(group_dir: Path, runs: list[dict]) -> list[str]:
     methods = {}
     for path in sorted(Path(group_dir).rglob("stages.json")):
         stages = json.loads(path.read_text())["stages"]
-        record = next((r for r in runs if Path(r["dir"]).parent == path.parent and _method(r)), None)
-        outcome = _method(record).growth_outcome(stages) if record else None
+        cls = _run_method(path.parent, stages)
+        outcome = cls.growth_outcome(stages) if cls else None
         if not outcome:
             continue
         label, seed = _label_and_seed(Path(group_dir), path.parent)
-        methods[label] = (_method(record), outcome["stages"][0]["stage"])
+        methods[label] = (cls, outcome["stages"][0]["stage"])
         matched = outcome["matched"]
         cost = None
         if matched:
