@@ -25,6 +25,8 @@ COMMANDS = {
     "--help": ["--help"],
     "config error (train.max_steps=abc)": ["train.max_steps=abc"],
     "check error (method.parts=atn)": ["method=inheritune", "method.parts=atn"],
+    "check error (method=stacking method.n_layer=3)": ["method=stacking", "method.n_layer=3"],
+    "another method's key (experiment=cpu_medium_16l method=kd)": ["experiment=cpu_medium_16l", "method=kd"],
 }
 
 
@@ -47,7 +49,7 @@ def main() -> None:
             times = [wall_seconds(command, cwd) for _ in range(args.runs)]
             results[name] = {"best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2),
                              "runs": args.runs}
-            print(f"{name:40s} best {min(times):5.2f} s, median {statistics.median(times):5.2f} s")
+            print(f"{name:60s} best {min(times):5.2f} s, median {statistics.median(times):5.2f} s")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
