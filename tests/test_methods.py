@@ -72,3 +72,20 @@ def test_a_method_level_config_error_needs_neither_lightning_nor_torch(tmp_path,
     assert lines[0].startswith(error), lines
     assert lines[-1] == "imported: []", lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_key_added_to_a_method_later_leaves_earlier_identities_alone():
+    """A field marked `added` is in the identity only when set otherwise than its default."""
+    from dataclasses import dataclass
+
+    from lit_inheritune.methods.base import added
+    from lit_inheritune.methods.inheritune import Inheritune
+
+    @dataclass
+    class WithSelect(Inheritune):
+        select: str = added("first")
+
+    plain = Inheritune(n_layer=4, max_layers=4, tag="t")
+    assert WithSelect(n_layer=4, max_layers=4, tag="t").identity() == plain.identity()
+    assert WithSelect(n_layer=4, max_layers=4, tag="t", select="potent").identity() == {**plain.identity(),
+                                                                                       "select": "potent"}

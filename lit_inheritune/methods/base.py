@@ -36,6 +36,14 @@ def control(default: Any = MISSING, **kwargs) -> Any:
     return field(default=default, metadata={"control": True}, **kwargs)
 
 
+def added(default: Any, **kwargs) -> Any:
+    """A method field added after stages were recorded: part of the identity only when set to something other than
+    its default, so every stage trained before it existed keeps its identity (and is reused)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"added": True}, **kwargs)
+    return field(default=default, metadata={"added": True}, **kwargs)
+
+
 @dataclass
 class Stage:
     """One planned stage: its name, directory and identity, and a few words on how it starts."""
@@ -65,9 +73,12 @@ class Method:
         return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("control"))
 
     def identity(self) -> dict:
-        """The method's part of its stages' identities: its fields but the control ones (in the shape identities
-        have always had, training/identity.py `method_record`)."""
-        return method_record({key: _plain(getattr(self, key)) for key in self.identity_keys()})
+        """The method's part of its stages' identities: its fields but the control ones, and `added` ones at their
+        default (in the shape identities have always had, training/identity.py `method_record`)."""
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(self) if f.metadata.get("added")}
+        return method_record({key: _plain(getattr(self, key)) for key in self.identity_keys()
+                              if key not in defaults or _plain(getattr(self, key)) != defaults[key]})
 
     def validate(self, run: Run) -> None:
         """The method's own checks against the run (the reference is `run.model`): raise ConfigError."""
