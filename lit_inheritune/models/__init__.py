@@ -32,8 +32,9 @@ helpers: `load_checkpoint(path)`, `config_dict(model)`, `checkpoint_shape(hparam
 
 Layers: this package's `__init__` and `common.py` import neither torch nor a family. A family is registered here
 by name with its config facts; its module is imported by name (importlib) the first time one of its operations
-runs, and imports `models.common` (and, for hf, the tokenizer), never the modules that use this interface. So
-nothing below the models imports a family, and the import graph has no cycle (tests/test_layers.py checks both).
+runs, and imports `models.common` and its own parts (hf: hf_load, hf_wrapper, hf_surgery, and the tokenizer),
+never the modules that use this interface. So nothing below the models imports a family, and the import graph has
+no cycle (tests/test_layers.py checks both).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from types import ModuleType
 from lit_inheritune.errors import ConfigError
 from lit_inheritune.models.common import (
     ATTN_SCALES,
+    BLOCK_PARTS,
     ModelLoadError,
     SurgeryError,
     check_same_family,
@@ -56,7 +58,7 @@ from lit_inheritune.models.common import (
 )
 
 __all__ = [
-    "ATTN_SCALES", "FAMILIES", "ModelFamily", "ModelLoadError", "SurgeryError", "check_same_family",
+    "ATTN_SCALES", "BLOCK_PARTS", "FAMILIES", "ModelFamily", "ModelLoadError", "SurgeryError", "check_same_family",
     "checkpoint_shape", "config_dict", "family", "family_of", "keeps_scale", "load_checkpoint", "loss_and_grads",
     "source_blocks", "tokenizer_families", "upgrade_config_class",
 ]
