@@ -43,7 +43,7 @@ EXPECTED = {
     "lit_inheritune.data.corpus": ("CorpusError",),
     "lit_inheritune.tokenizer": ("TokenizerError",),
     "lit_inheritune.models.common": ("SurgeryError", "ModelLoadError"),
-    "lit_inheritune.models.hf": ("HFLoadError",),
+    "lit_inheritune.models.hf_load": ("HFLoadError",),
     "lit_inheritune.evaluate": ("EvaluationError",),
     "lit_inheritune.tasks": ("TaskError",),
     "lit_inheritune.analysis": ("AnalysisError",),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+import lit_inheritune.models  # noqa: F401  (the model families' tokenizer kinds a manifest may name, e.g. hf)
 from lit_inheritune.tokenizer import Tokenizer, TokenizerError, gpt2_tokenizer, load_bpe, load_tokenizer
 
 HINT = "pass data_dir=DIR (the prepared dataset), tokenizer=gpt2 or tokenizer=PATH/tokenizer.json"

@@ -2,8 +2,9 @@
 
 A prepared dataset stores `Tokenizer.spec()` in its manifest; `load_tokenizer(spec, data_dir)` gets the very
 same tokenizer back, so token ids on disk are never decoded with the wrong vocabulary. Besides `gpt2` and `bpe`,
-a spec's kind can name a model family whose pretrained models bring their own tokenizer (`hf`): that one is
-resolved through the model-family interface (lit_inheritune/models/__init__.py).
+a spec's kind can be one that another part of the package registered (`register_tokenizer_kind`): a model family
+whose pretrained models bring their own tokenizer registers its name (`hf`) when the model-family interface
+(lit_inheritune/models/__init__.py) is imported. This module imports nothing from the models.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -193,19 +194,27 @@ def load_bpe(path: Path) -> BPETokenizer:
 
 
 BUILTIN_KINDS = ("gpt2", "bpe")
+# Spec kinds registered from elsewhere: kind -> the function that builds the tokenizer a spec of that kind names.
+REGISTERED_KINDS: dict[str, Callable[[dict], Tokenizer]] = {}
+
+
+def register_tokenizer_kind(kind: str, load: Callable[[dict], Tokenizer]) -> None:
+    """Let `load_tokenizer` build specs of `kind` with `load(spec)` (a model family registers its name, e.g. hf)."""
+    if kind in BUILTIN_KINDS:
+        raise ValueError(f"tokenizer kind {kind!r} is built in")
+    REGISTERED_KINDS[kind] = load
 
 
 def tokenizer_kinds() -> tuple[str, ...]:
-    """Every spec kind `load_tokenizer` knows: ours, and the model families that bring their own tokenizer."""
-    from lit_inheritune.models import tokenizer_families
-
-    return (*BUILTIN_KINDS, *tokenizer_families())
+    """Every spec kind `load_tokenizer` knows: ours, and the registered ones (the model families that bring their
+    own tokenizer, once lit_inheritune.models is imported)."""
+    return (*BUILTIN_KINDS, *REGISTERED_KINDS)
 
 
 def load_tokenizer(spec: dict, data_dir: Path | None = None) -> Tokenizer:
     """Inverse of `Tokenizer.spec()`. A BPE spec is resolved to `data_dir/tokenizer.json`, checked by sha256; a
-    model family's kind (`hf`) names a pretrained model's own tokenizer (for hf: a local dir, a hub id or a GGUF
-    file), built by that family."""
+    registered kind (a model family's, `hf`) names a pretrained model's own tokenizer (for hf: a local dir, a hub
+    id or a GGUF file), built by what registered it."""
     kind = spec.get("kind")
     if kind == "gpt2":
         return gpt2_tokenizer()
@@ -228,9 +237,7 @@ def load_tokenizer(spec: dict, data_dir: Path | None = None) -> Tokenizer:
         if "vocab_size" in spec and tokenizer.vocab_size != spec["vocab_size"]:
             raise TokenizerError(f"{path} has vocab_size {tokenizer.vocab_size}, the spec says {spec['vocab_size']}")
         return tokenizer
-    kinds = tokenizer_kinds()
-    if kind in kinds:  # a pretrained model's own tokenizer, built by its model family
-        from lit_inheritune.models import family
-
-        return family(kind).data_tokenizer(spec)
-    raise TokenizerError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected one of {', '.join(kinds)}")
+    load = REGISTERED_KINDS.get(kind)
+    if load is not None:  # a pretrained model's own tokenizer, built by its model family
+        return load(spec)
+    raise TokenizerError(f"unknown tokenizer kind {kind!r} in spec {spec}; expected one of {', '.join(tokenizer_kinds())}")

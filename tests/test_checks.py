@@ -43,7 +43,7 @@ def test_every_method_config_names_a_method_with_its_own_checks_and_the_parts_th
         assert cls.name == name  # the class's default name is its config's
         if name != "scratch":  # every other built-in method checks its parameters
             assert cls.validate is not Method.validate, name
-    assert BLOCK_PARTS == tuple(gpt.BLOCK_PARTS)
+    assert gpt.BLOCK_PARTS is BLOCK_PARTS and tuple(BLOCK_PARTS) == ("block", "attn", "mlp", "attn_mlp")
 
 
 @pytest.mark.parametrize("override, key", [("train.max_steps=abc", "train.max_steps"),

@@ -134,6 +134,8 @@ def test_only_the_models_package_imports_a_model_family_and_no_is_hf_branch_is_l
     # the interface imports neither family: they are loaded by name (models/__init__.py, FAMILIES)
     assert not graph[MODELS] & {HF_FAMILY, f"{MODELS}.gpt"}
     assert graph[f"{MODELS}.common"] <= {"lit_inheritune.errors"}
+    # the tokenizer keeps a registry of spec kinds that the families fill; it reaches into no model module
+    assert not {m for m in graph[f"{NAME}.tokenizer"] if m == MODELS or m.startswith(MODELS + ".")}
 
 
 def test_the_interface_and_the_checks_load_no_torch():

@@ -75,3 +75,30 @@ def test_load_tokenizer_reports_missing_and_foreign_files(tmp_path):
         load_tokenizer(tok.spec(), tmp_path / "elsewhere")
     with pytest.raises(TokenizerError, match="unknown tokenizer kind"):
         load_tokenizer({"kind": "sentencepiece"}, tmp_path)
+
+
+def test_model_families_register_their_tokenizer_kinds_and_an_unknown_kind_imports_no_model():
+    """tokenizer.py owns the registry of spec kinds; the model-family interface registers its families' (hf) when
+    it is imported. An unknown kind is refused without importing anything from lit_inheritune.models."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from lit_inheritune.tokenizer import TokenizerError, load_tokenizer, tokenizer_kinds
+assert tokenizer_kinds() == ("gpt2", "bpe"), tokenizer_kinds()
+try:
+    load_tokenizer({"kind": "hf", "path": "nowhere"})
+except TokenizerError as e:
+    assert "unknown tokenizer kind 'hf'" in str(e), e
+assert not [m for m in sys.modules if m.startswith("lit_inheritune.models")]
+import lit_inheritune.models
+assert tokenizer_kinds() == ("gpt2", "bpe", "hf"), tokenizer_kinds()
+assert "lit_inheritune.models.hf" not in sys.modules and "torch" not in sys.modules
+print("ok")
+"""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

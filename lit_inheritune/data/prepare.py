@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Imported for the tokenizer kinds the model families register (hf): a data config may name a pretrained model's
+# own tokenizer. Torch-free; no family module is loaded until such a tokenizer is built.
+import lit_inheritune.models  # noqa: F401
 from lit_inheritune.data.corpus import CorpusPart, load_corpus
 from lit_inheritune.errors import ArgumentParser, run_cli
 from lit_inheritune.io import file_sha256, write_json_atomic

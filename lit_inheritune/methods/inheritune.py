@@ -33,9 +33,8 @@ from lit_inheritune.methods.base import (
 )
 from lit_inheritune.methods.checks import check_attn_scale, check_steps
 from lit_inheritune.methods.growing import first_batch, fit_identity
-from lit_inheritune.models import BLOCK_PARTS, family_of
+from lit_inheritune.models import BLOCK_PARTS, GROW_MODES, family_of
 
-GROW_MODES = ("append", "reinherit")
 ROUND = re.compile(r"^round(\d+)-L\d+$")  # a round's stage name
 
 

@@ -13,7 +13,8 @@ A `ModelFamily` offers:
   `pretrained` (the model config names pretrained weights, loaded and never trained here), `methods` (the
   methods it supports; None: all), `inherits_whole` (blocks are inherited whole, with the embeddings, final norm
   and head), `keeps_source_scale` (a moved block can keep its source's attention scale), `has_tokenizer` (a
-  pretrained model of the family brings its own data tokenizer, spec kind = the family's name);
+  pretrained model of the family brings its own data tokenizer, spec kind = the family's name, registered with
+  lit_inheritune.tokenizer when this module is imported);
 - handles: `blocks(model)` (the decoder blocks, an nn.ModuleList), `embedding(model)`, `position_embedding(model)`
   (None where positions are not embedded), `final_norm(model)`, `head(model)`;
 - building: `random(spec)` (random init, from the instantiated model config), `load(spec)` (the pretrained model
@@ -30,10 +31,12 @@ A `ModelFamily` offers:
 An operation a family does not have raises SurgeryError (surgery) or ModelLoadError (loading). Family-neutral
 helpers: `load_checkpoint(path)`, `config_dict(model)`, `checkpoint_shape(hparams)`, `check_same_family(a, b)`.
 
-Layers: this package's `__init__` and `common.py` import neither torch nor a family. A family is registered here
+Layers: this package's `__init__` and `common.py` import neither torch nor a family (the `__init__` imports the
+tokenizer module, below it, to register the families' tokenizer kinds). A family is registered here
 by name with its config facts; its module is imported by name (importlib) the first time one of its operations
-runs, and imports `models.common` (and, for hf, the tokenizer), never the modules that use this interface. So
-nothing below the models imports a family, and the import graph has no cycle (tests/test_layers.py checks both).
+runs, and imports `models.common` and its own parts (hf: hf_load, hf_wrapper, hf_surgery, and the tokenizer),
+never the modules that use this interface. So nothing below the models imports a family, and the import graph has
+no cycle (tests/test_layers.py checks both).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from lit_inheritune.errors import ConfigError
 from lit_inheritune.models.common import (
     ATTN_SCALES,
     BLOCK_PARTS,
+    GROW_MODES,
     ModelLoadError,
     SurgeryError,
     check_same_family,
@@ -55,9 +59,10 @@ from lit_inheritune.models.common import (
     loss_and_grads,
     source_blocks,
 )
+from lit_inheritune.tokenizer import register_tokenizer_kind
 
 __all__ = [
-    "ATTN_SCALES", "BLOCK_PARTS", "FAMILIES", "ModelFamily", "ModelLoadError", "SurgeryError", "check_same_family",
+    "ATTN_SCALES", "BLOCK_PARTS", "FAMILIES", "GROW_MODES", "ModelFamily", "ModelLoadError", "SurgeryError", "check_same_family",
     "checkpoint_shape", "config_dict", "family", "family_of", "keeps_scale", "load_checkpoint", "loss_and_grads",
     "source_blocks", "tokenizer_families", "upgrade_config_class",
 ]
@@ -176,6 +181,8 @@ FAMILIES: dict[str, ModelFamily] = {}
 
 def register(fam: ModelFamily) -> ModelFamily:
     FAMILIES[fam.name] = fam
+    if fam.has_tokenizer:  # its pretrained models' own tokenizers: a tokenizer spec kind, built by the family
+        register_tokenizer_kind(fam.name, fam.data_tokenizer)
     return fam
 
 

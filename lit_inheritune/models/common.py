@@ -1,5 +1,6 @@
-"""What every model family shares: its errors, the choice of source blocks, the attention-scale policy of a
-block that moves, the shape check before blocks move, and gradients taken without side effects.
+"""What every model family shares: its errors, the choice of source blocks, the block parts and attention-scale
+policy a moved block can take, the shape check before blocks move, the preconditions of growth, and gradients
+taken without side effects.
 
 Imports nothing of the package but `errors`, and torch only inside the functions that need it, so the config
 checks (lit_inheritune/checks.py) can use the interface without loading torch.
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Sub-modules of a block each Table 3 variant inherits (method.parts), by their names in our GPT's blocks.
+BLOCK_PARTS: dict[str, tuple[str, ...]] = {
+    "block": ("ln_1", "attn", "ln_2", "mlp"),
+    "attn": ("ln_1", "attn"),
+    "mlp": ("ln_2", "mlp"),
+    "attn_mlp": ("attn", "mlp"),
+}
 ATTN_SCALES = ("position", "source")
-# What of a block Inheritune can inherit (Table 3): the whole block, attention, MLP, or both without the norms
-# (a family maps each to its submodules, e.g. models.gpt.BLOCK_PARTS).
-BLOCK_PARTS = ("block", "attn", "mlp", "attn_mlp")
+GROW_MODES = ("append", "reinherit")
 
 
 class SurgeryError(ValueError):
@@ -52,6 +58,17 @@ def keeps_scale(attn_scale: str) -> bool:
     if attn_scale not in ATTN_SCALES:
         raise SurgeryError(f"unknown attention scale policy {attn_scale!r}; choose one of {list(ATTN_SCALES)}")
     return attn_scale == "source"
+
+
+def check_grow(n: int, k: int, n_new: int, mode: str) -> None:
+    """Whether an n-layer target can grow by `n_new` blocks of its k-layer reference in `mode` (`append` keeps the
+    target and appends reference blocks n..n+n_new-1; `reinherit` inherits the first n + n_new afresh)."""
+    if n_new < 1:
+        raise SurgeryError(f"grow needs n_new >= 1, got {n_new}")
+    if n + n_new > k:
+        raise SurgeryError(f"cannot grow a {n}-layer model by {n_new}: the reference has only {k} layers")
+    if mode not in GROW_MODES:
+        raise SurgeryError(f"unknown grow mode {mode!r}; choose 'append' or 'reinherit'")
 
 
 def check_same_family(a, b, what: str = "reference") -> None:

@@ -38,20 +38,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lit_inheritune.models.common import (
+    BLOCK_PARTS,
     SurgeryError,
+    check_grow,
     check_same_family,
     keeps_scale,
     loss_and_grads,
     source_blocks,
 )
-
-# Sub-modules of a block each Table 3 variant inherits (method.parts).
-BLOCK_PARTS: dict[str, tuple[str, ...]] = {
-    "block": ("ln_1", "attn", "ln_2", "mlp"),
-    "attn": ("ln_1", "attn"),
-    "mlp": ("ln_2", "mlp"),
-    "attn_mlp": ("attn", "mlp"),
-}
 
 
 @dataclass
@@ -333,14 +327,9 @@ def grow(target: GPT, reference: GPT, n_new: int = 2, mode: str = "append", **in
     appended blocks (and the target's) keep their attention scale when inherit_kwargs has attn_scale="source"."""
     n, k = target.config.n_layer, reference.config.n_layer
     check_same_family(target.config, reference.config)
-    if n_new < 1:
-        raise SurgeryError(f"grow needs n_new >= 1, got {n_new}")
-    if n + n_new > k:
-        raise SurgeryError(f"cannot grow a {n}-layer model by {n_new}: the reference has only {k} layers")
+    check_grow(n, k, n_new, mode)
     if mode == "reinherit":
         return inherit(reference, n_layer=n + n_new, **inherit_kwargs)
-    if mode != "append":
-        raise SurgeryError(f"unknown grow mode {mode!r}; choose 'append' or 'reinherit'")
     keep_scale = keeps_scale(inherit_kwargs.get("attn_scale", "position"))
     grown = copy.deepcopy(target)
     for src in range(n, n + n_new):

@@ -2,7 +2,7 @@
 
 The fit trains stage after stage, each `Growth.steps` optimizer steps long. At a stage's last step (a validation
 step: the checks require T to be a multiple of train.val_every_n_steps) the `GrowCallback`
-- scores the stage (its val loss) and writes the stage's directory as a one-stage run would: identity.json,
+- scores the stage (its val loss) and writes the stage's directory as a one-stage run would (stage_record.py): identity.json,
   result.json, checkpoints/last.ckpt and csv/metrics.csv (its slice of the run's log, steps counted from the
   stage's start), so the stage table, the report and the analysis read stages as before;
 - asks the recipe whether to stop (matched, deepest stage reached) and, if not, hands the module the recipe's
@@ -21,9 +21,6 @@ so a resumed FSDP run could not grow before its weights load: FSDP runs one fit 
 
 from __future__ import annotations
 
-import csv
-import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +28,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_inheritune.io import file_sha256, write_csv_atomic, write_json_atomic
-from lit_inheritune.provenance import provenance
-from lit_inheritune.training.identity import IDENTITY_FILE, fingerprint
+from lit_inheritune.training.stage_record import (
+    finish_grown_stage,
+    run_config_sha256,
+    stage_result,
+    start_grown_stage,
+)
 
 
 @dataclass
@@ -119,42 +119,20 @@ class GrowCallback(L.Callback):
     def _finish_stage(self, trainer, pl_module) -> dict:
         stage = self.growth.stages[self.index]
         stage_dir = Path(stage.dir)
-        if trainer.is_global_zero:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(stage_dir / IDENTITY_FILE, stage.identity)
-        ckpt = stage_dir / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(ckpt, weights_only=False)  # every rank calls it; rank 0 writes (atomically)
+        ckpt = start_grown_stage(trainer, stage_dir, stage.identity)
         _check_ranks(trainer, pl_module, stage_dir, "ranks")
         speed = _speed(trainer)
         wall0, secs0, tokens0 = self._stage_clock  # set when the stage began (on_train_start, or the round before)
         secs = speed.train_seconds - secs0
         tokens_seen = speed.train_tokens - tokens0
-        val_loss = float(trainer.callback_metrics["val/loss"])
-        model = pl_module.model
         tokens_per_step = trainer.datamodule.tokens_per_step * trainer.accumulate_grad_batches * trainer.world_size
-        tokens = self.growth.steps * tokens_per_step
-        result = {
-            "stage": stage.name,
-            "n_layer": model.config.n_layer,
-            "params": model.num_params(),
-            "steps": self.growth.steps,
-            "tokens": tokens,
-            "val_loss": val_loss,
-            "val_ppl": math.exp(min(val_loss, 50.0)),
-            "tokens_per_sec": tokens_seen / secs if secs else float("nan"),
-            "train_seconds": secs,
-            "wall_seconds": speed.wall_seconds - wall0,
-            "last_checkpoint": str(ckpt),
-            "best_checkpoint": "",
-            "fingerprint": fingerprint(stage.identity),
-            "provenance": {**provenance(), "seed": int(stage.identity["seed"]), "config_sha256": _config_sha256(trainer)},
-        }
-        if trainer.is_global_zero:
-            _write_stage_log(trainer, stage_dir, self.stage_start, self.growth.steps, tokens_per_step)
-            run_config = Path(trainer.default_root_dir) / "config.yaml"
-            if run_config.is_file():  # beside the stage's checkpoint, where evaluate/export look for the data
-                shutil.copyfile(run_config, stage_dir / "config.yaml")
-            write_json_atomic(stage_dir / "result.json", result)
+        result = stage_result(
+            stage=stage.name, model=pl_module.model, steps=self.growth.steps, tokens=self.growth.steps * tokens_per_step,
+            val_loss=float(trainer.callback_metrics["val/loss"]),
+            tokens_per_sec=tokens_seen / secs if secs else float("nan"), train_seconds=secs,
+            wall_seconds=speed.wall_seconds - wall0, last_checkpoint=ckpt, best_checkpoint="", identity=stage.identity,
+            seed=stage.identity["seed"], config_sha256=run_config_sha256(trainer))
+        finish_grown_stage(trainer, stage_dir, result, self.stage_start, self.growth.steps, tokens_per_step)
         self.results.append(result)
         return result
 
@@ -207,12 +185,6 @@ def carry_adam_state(old: torch.optim.Optimizer, old_names: dict[int, str], new:
     return carried
 
 
-def _config_sha256(trainer) -> str:
-    """The fit's config.yaml hash (fit_stage's), the stage's config too."""
-    path = Path(trainer.default_root_dir) / "config.yaml"
-    return file_sha256(path)[:16] if path.is_file() else ""
-
-
 def _say(trainer, text: str) -> None:
     """A line of our own, above the progress bar rather than glued to its last redraw."""
     from lit_inheritune.training.callbacks import StageProgressBar
@@ -237,25 +209,3 @@ def _check_ranks(trainer, pl_module, stage_dir: Path, when: str) -> None:
     for cb in trainer.callbacks:
         if isinstance(cb, RankConsistencyCheck):
             cb.compare(trainer, pl_module, when, stage_dir)
-
-
-def _write_stage_log(trainer, stage_dir: Path, start: int, stage_steps: int, tokens_per_step: int) -> None:
-    """The stage's rows of the run's CSV log, steps and tokens counted from the stage's start (as its own run
-    would log them)."""
-    from lit_inheritune.training.callbacks import ResumableCSVLogger
-
-    for logger in trainer.loggers:
-        if not isinstance(logger, ResumableCSVLogger):
-            continue
-        logger.save()
-        path = Path(logger.experiment.metrics_file_path)
-        if not path.is_file():
-            return
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            rows = [{**r, "step": int(r["step"]) - start} for r in reader if int(r["step"]) >= start]
-        for r in rows:
-            if r.get("train/tokens"):
-                r["train/tokens"] = float(r["train/tokens"]) - start * tokens_per_step
-        write_csv_atomic(stage_dir / "csv" / "metrics.csv", header, [r for r in rows if r["step"] < stage_steps])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import secrets
 import warnings
@@ -21,11 +20,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.errors import ConfigError
-from lit_inheritune.io import file_sha256, write_json_atomic
-from lit_inheritune.provenance import provenance
+from lit_inheritune.io import write_json_atomic
 from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
 from lit_inheritune.training.grow import GrowCallback, Growth
-from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir, fingerprint
+from lit_inheritune.training.identity import check_stage_dir
+from lit_inheritune.training.stage_record import (
+    CONFIG_FILE,
+    RESULT_FILE,
+    checkpoint_path,
+    config_sha256,
+    stage_result,
+    write_identity,
+)
 from lit_inheritune.training.strategy import is_fsdp
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -108,16 +114,16 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     a finished stage is skipped, a killed one continues from its last checkpoint with resume=true."""
     quiet_third_parties()
     stage_dir = Path(stage_dir)
-    result_path = stage_dir / (FIT_FILE if grow else "result.json")
+    result_path = stage_dir / (FIT_FILE if grow else RESULT_FILE)
     check_stage_dir(stage_dir, identity)
     steps = int(max_steps or cfg.train.max_steps)
     if result_path.exists():
         result = json.loads(result_path.read_text())
         # The recorded paths were relative to where that run was launched; the stage is here now.
-        result["last_checkpoint"] = str(stage_dir / "checkpoints" / "last.ckpt")
+        result["last_checkpoint"] = str(checkpoint_path(stage_dir))
         print(f"{header}: already done, val loss {result['val_loss']:.4f} ({stage_dir})", flush=True)
         return result
-    last = stage_dir / "checkpoints" / "last.ckpt"
+    last = checkpoint_path(stage_dir)
     if last.exists() and not cfg.resume:
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
@@ -125,10 +131,9 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     if not (grow and last.exists()):  # a growing fit resumes in a stage only its checkpoint knows: it says which
         length = f"{grow.growth.steps} steps" if grow else f"{steps} steps"
         print(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stage_dir / IDENTITY_FILE, identity)
-    OmegaConf.save(cfg, stage_dir / "config.yaml", resolve=True)
-    config_sha256 = file_sha256(stage_dir / "config.yaml")[:16]
+    write_identity(stage_dir, identity)
+    OmegaConf.save(cfg, stage_dir / CONFIG_FILE, resolve=True)
+    config_hash = config_sha256(stage_dir / CONFIG_FILE)
 
     callbacks = _callbacks(cfg, stage_dir, stage, growing=grow is not None) + ([grow] if grow else [])
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
@@ -147,23 +152,12 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         val_loss = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/loss"]
     val_loss = float(val_loss)
     ckpt_cb = trainer.checkpoint_callback
-    result = {
-        "stage": stage,
-        "n_layer": module.model.config.n_layer,
-        "params": module.model.num_params(),
-        "steps": trainer.global_step,
-        "tokens": trainer.global_step * datamodule.tokens_per_step * trainer.accumulate_grad_batches
-        * trainer.world_size,
-        "val_loss": val_loss,
-        "val_ppl": math.exp(min(val_loss, 50.0)),
-        "tokens_per_sec": speed.tokens_per_sec,
-        "train_seconds": speed.train_seconds,
-        "wall_seconds": speed.wall_seconds,
-        "last_checkpoint": str(last),
-        "best_checkpoint": ckpt_cb.best_model_path if ckpt_cb else "",
-        "fingerprint": fingerprint(identity),
-        "provenance": {**provenance(), "seed": int(cfg.seed), "config_sha256": config_sha256},
-    }
+    result = stage_result(
+        stage=stage, model=module.model, steps=trainer.global_step,
+        tokens=trainer.global_step * datamodule.tokens_per_step * trainer.accumulate_grad_batches * trainer.world_size,
+        val_loss=val_loss, tokens_per_sec=speed.tokens_per_sec, train_seconds=speed.train_seconds,
+        wall_seconds=speed.wall_seconds, last_checkpoint=last, best_checkpoint=ckpt_cb.best_model_path if ckpt_cb else "",
+        identity=identity, seed=cfg.seed, config_sha256=config_hash)
     if grow:
         result["stages"] = [r["stage"] for r in grow.results]
     if trainer.is_global_zero:
@@ -187,8 +181,8 @@ def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataM
         results = []
         for stage in growth.stages:
             if stage.name in done:
-                result = json.loads((Path(stage.dir) / "result.json").read_text())
-                result["last_checkpoint"] = str(Path(stage.dir) / "checkpoints" / "last.ckpt")
+                result = json.loads((Path(stage.dir) / RESULT_FILE).read_text())
+                result["last_checkpoint"] = str(checkpoint_path(stage.dir))
                 print(f"{header(stage)}: already done, val loss {result['val_loss']:.4f} ({stage.dir})", flush=True)
                 results.append(result)
         return results
@@ -200,7 +194,7 @@ def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataM
               max_steps=growth.max_steps, header=header(first), grow=callback)
     dirs = {stage.name: Path(stage.dir) for stage in growth.stages}
     # results restored from a checkpoint name the paths of the process that wrote them: the stages are here now
-    return [{**r, "last_checkpoint": str(dirs[r["stage"]] / "checkpoints" / "last.ckpt")} for r in callback.results]
+    return [{**r, "last_checkpoint": str(checkpoint_path(dirs[r["stage"]]))} for r in callback.results]
 
 
 def _fit_per_stage(cfg: DictConfig, make_module, model, datamodule, growth: Growth, header) -> list[dict]:
