@@ -10,7 +10,8 @@ class); its methods say what it does:
 - `run(run, datamodule)`: trains them, returning one result dict per stage;
 - `summary(run, results)`: lines printed after the stages' own summary lines;
 - `identity()`: what of its config determines its stages' training (fields marked `control(...)` decide which
-  stages run, not what one computes, and are left out);
+  stages run, not what one computes, and are left out; `added(...)` ones count only when not at their default);
+- `earlier_stages`, `not_run_reason`, `growth_outcome`, `first_stage_note`: what the report asks of its stages.
 
 The runner, run identity, checks and report ask the method; none of them names one.
 """
@@ -136,7 +137,7 @@ def seeds_text(seeds) -> str:
 
 
 def _plain(value):
-    if isinstance(value, (DictConfig,)) or OmegaConf.is_config(value):
+    if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, tuple):
         return list(value)
