@@ -101,6 +101,13 @@ def test_potent_lazy_and_block_influence_pick_the_blocks_built_to_be_so(tmp_path
     bi = reference_measure("block_influence", model, dm, tmp_path, "ref", log=lambda _: None)
     assert bi[0] == pytest.approx(0.0, abs=1e-6) and bi[2] == pytest.approx(0.0, abs=1e-6)
     assert min(bi[1], bi[3]) > 1e-3
+    # the measures of analysis.py (at the analysis defaults, windows cut to the context) and layer_study.py (every
+    # val window)
+    from lit_inheritune.analysis import measure_attention
+    from lit_inheritune.layer_study import block_influence
+
+    assert avg_rank == measure_attention(model, dm.val_tokens, n_seq=100, seq_len=32, seed=0)["avg_rank"]
+    assert bi == block_influence(model, dm.val_set.tensors[0])
     assert chosen_blocks("potent", [2], 4, avg_rank) == [[1, 3]]
     assert chosen_blocks("lazy", [2], 4, avg_rank) == [[0, 2]]
     assert chosen_blocks("block_influence", [2], 4, bi) == [[1, 3]]
@@ -244,6 +251,7 @@ def test_the_default_keeps_names_and_identities_and_a_selection_changes_both(tmp
     default, first = plan(compose(base)), plan(compose([*base, "method.select=first"]))
     assert [(s.dir, s.identity) for s in default] == [(s.dir, s.identity) for s in first]
     assert all("select" not in s.identity["init"].get("method", {}) for s in default)
+    assert {s.dir.parent.name for s in default if s.name.startswith("round")} == {"inheritune-n4-block-reinherit-s1"}
     potent = plan(compose([*base, "method.select=potent"]))
     rounds = [s for s in potent if s.name.startswith("round")]
     assert rounds and all(s.dir.parent.name == "inheritune-n4-block-reinherit-sel_potent-s1" for s in rounds)
