@@ -1,6 +1,7 @@
 """`method.select` (issue #23 item 1): which reference blocks an Inheritune target inherits, chosen by a measure of the
 reference (lit_inheritune/selection.py), on models whose measures are known."""
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,9 +130,20 @@ def test_a_hugging_face_reference_is_measured_and_its_chosen_layers_inherited():
             layers[i].mlp.down_proj.weight.zero_()
     import tempfile
 
+    dm = _datamodule(block_size=16)
     with tempfile.TemporaryDirectory() as cache:
-        bi = reference_measure("block_influence", ref, _datamodule(block_size=16), Path(cache), "ref",
-                               log=lambda _: None)
+        bi = reference_measure("block_influence", ref, dm, Path(cache), "ref", log=lambda _: None)
+        # AvgRank of a model trained with SDPA attention: read with eager attention, then SDPA again
+        assert ref.hf.config._attn_implementation == "sdpa"
+        avg_rank = reference_measure("avg_rank", ref, dm, Path(cache), "ref", log=lambda _: None)
+        assert ref.hf.config._attn_implementation == "sdpa"
+    from lit_inheritune.analysis import measure_attention
+    from lit_inheritune.layer_study import block_influence
+
+    eager = copy.deepcopy(ref)
+    eager.hf.set_attn_implementation("eager")
+    assert avg_rank == measure_attention(eager, dm.val_tokens, n_seq=100, seq_len=16, seed=0)["avg_rank"]
+    assert bi == block_influence(ref, dm.val_set.tensors[0])
     [blocks] = chosen_blocks("block_influence", [2], 4, bi)
     assert blocks == [1, 3]
     target = family_of(ref).inherit(ref, None, blocks, parts="block", copy_wpe=True, copy_ln_f=True)
