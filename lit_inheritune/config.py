@@ -48,6 +48,16 @@ if not OmegaConf.has_resolver("attn_scale_tag"):
     OmegaConf.register_new_resolver("attn_scale_tag", _attn_scale_tag)
 
 
+def _select_tag(select) -> str:
+    """Run-name suffix of Inheritune's block selection: none for the paper's `first`, so those runs keep their
+    names, and e.g. `-sel_potent` otherwise."""
+    return "" if select in (None, "first") else f"-sel_{select}"
+
+
+if not OmegaConf.has_resolver("select_tag"):
+    OmegaConf.register_new_resolver("select_tag", _select_tag)
+
+
 # Run-name suffix of a switch that is off by default: `${flag_tag:${method.carry_optimizer},carry}` -> "-carry".
 if not OmegaConf.has_resolver("flag_tag"):
     OmegaConf.register_new_resolver("flag_tag", lambda on, name: f"-{name}" if on else "")

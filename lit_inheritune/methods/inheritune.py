@@ -1,6 +1,7 @@
 """`method=inheritune`: Algorithm 1 (PAPER.md section 1).
 
-Inherit the reference's first n blocks (or `blocks`), train T steps, and while the target's val loss is above the
+Inherit the reference's first n blocks (or `blocks`, or the n blocks `select` chooses by a measure of the reference:
+lit_inheritune/selection.py), train T steps, and while the target's val loss is above the
 reference's grow by `grow_by` layers (reinherit: a fresh copy of the first n + g reference blocks; append: the
 trained blocks plus the next reference blocks) and train again, up to `max_layers`; then the scratch baselines. The
 rounds are one fit, the GrowCallback growing the model between them (training/grow.py).
@@ -20,6 +21,7 @@ from lit_inheritune.methods.base import (
     Method,
     Run,
     Stage,
+    added,
     control,
     derived_stage,
     measure,
@@ -34,6 +36,7 @@ from lit_inheritune.methods.base import (
 from lit_inheritune.methods.checks import check_attn_scale, check_steps
 from lit_inheritune.methods.growing import first_batch, fit_identity
 from lit_inheritune.models import BLOCK_PARTS, GROW_MODES, family_of
+from lit_inheritune.selection import MEASURE_OF, SELECTIONS, TITLES, blocks_text, measure_settings
 
 ROUND = re.compile(r"^round(\d+)-L\d+$")  # a round's stage name
 
@@ -46,6 +49,9 @@ class Inheritune(Method):
     # not grow.
     blocks: list[int] | None = None
     parts: str = "block"  # block | attn | mlp | attn_mlp (Table 3)
+    # Which n blocks: first (the paper) | potent / lazy (highest / lowest AvgRank) | block_influence | random
+    # (lit_inheritune/selection.py); growth adds the next blocks by the same measure.
+    select: str = added("first")
     copy_wpe: bool = False  # the official code copies neither the position embedding ...
     copy_ln_f: bool = False  # ... nor the final layer norm
     attn_scale: str = "position"  # a moved block's attention scale: its new position's, or its `source` block's
@@ -73,6 +79,11 @@ class Inheritune(Method):
             if not 1 <= n <= k:
                 raise ConfigError(f"method.n_layer={n}: cannot inherit {n} layers from a {k}-layer reference "
                                   f"(model.n_layer={k})")
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"method.select={self.select!r} is not one of {', '.join(SELECTIONS)}")
+        if self.blocks and self.select != "first":
+            raise ConfigError(f"method.select={self.select} and method.blocks={list(self.blocks)} both say which "
+                              "reference blocks to inherit; set one of them")
         if self.parts not in BLOCK_PARTS:
             raise ConfigError(f"method.parts={self.parts!r} is not one of {', '.join(BLOCK_PARTS)}")
         if self.grow_mode not in GROW_MODES:
@@ -86,6 +97,12 @@ class Inheritune(Method):
         if self.max_layers < n:
             raise ConfigError(f"method.max_layers={self.max_layers} is below the target's {n} layers; set it "
                               f"between {n} (no growth) and {k}")
+        if self.select != "first" and self.grow_mode == "append" and self.max_layers >= n + self.grow_by:
+            raise ConfigError(f"method.select={self.select} cannot grow with method.grow_mode=append: append keeps "
+                              "the trained blocks and adds the next reference blocks after them, but the next "
+                              f"{TITLES[self.select]} blocks may lie between the chosen ones; use "
+                              "method.grow_mode=reinherit (each round inherits its chosen blocks afresh) or "
+                              f"method.max_layers={n} (no growth)")
         if self.carry_optimizer and self.grow_mode != "append":
             raise ConfigError("method.carry_optimizer=true keeps the AdamW state of the parameters that survive a "
                               "growth; only method.grow_mode=append keeps any (reinherit starts from fresh copies)")
@@ -116,7 +133,13 @@ class Inheritune(Method):
                 sources["previous"] = rounds[-1].identity
                 if self.carry_optimizer:
                     sources["carry_optimizer"] = True
-            if rnd == 0:
+            if self.select != "first":
+                settings = measure_settings(self.select)
+                if settings:
+                    sources["selection"] = settings
+                init = (f"inherits the {n_layer} {TITLES[self.select]} blocks of the reference"
+                        f"{' afresh' if rnd else ''} ({self.parts})")
+            elif rnd == 0:
                 what = f"blocks {list(self.blocks)}" if self.blocks else f"blocks 0-{n_layer - 1}"
                 init = f"inherits {what} of the reference ({self.parts})"
             elif self.grow_mode == "append":
@@ -152,6 +175,29 @@ class Inheritune(Method):
         return (lambda ref, n, blocks: family.inherit(ref, n_layer=n, blocks=blocks, **kwargs),
                 lambda tgt, ref, n_new: family.grow(tgt, ref, n_new=n_new, mode=self.grow_mode, **kwargs))
 
+    def chosen(self, run: Run, reference, datamodule) -> tuple[list[list[int]], list[float] | None]:
+        """(the reference blocks each round inherits, the per-block measure they were chosen by or None)."""
+        depths = self.depths()
+        if self.blocks:
+            return [list(self.blocks)], None
+        if self.select == "first":
+            return [list(range(n)) for n in depths], None
+        from lit_inheritune.selection import chosen_blocks, reference_cache_dir, reference_measure
+        from lit_inheritune.training.identity import fingerprint
+
+        values = None
+        if self.select in MEASURE_OF:
+            ref_stage = reference_stage(run)
+            ref_fp = fingerprint(reference_identity(run))
+            cache = reference_cache_dir(run.log_dir, run.name, None if ref_stage is None else ref_stage.dir, ref_fp)
+            values = reference_measure(MEASURE_OF[self.select], reference, datamodule, cache, ref_fp,
+                                       log=lambda line: print(f"[{run.name}] {line}", flush=True))
+        chosen = chosen_blocks(self.select, depths, family_of(reference).n_layer(reference), values, seed=run.seed)
+        print(f"[{run.name}] method.select={self.select}: round 1 inherits reference blocks {chosen[0]}"
+              + (f", growth adds {', then '.join(str(sorted(set(b) - set(a))) for a, b in zip(chosen, chosen[1:]))}"
+                 if len(chosen) > 1 else ""), flush=True)
+        return chosen, values
+
     def judge(self, result: dict, ref: dict) -> dict:
         return {**result, "reference_val_loss": ref["val_loss"],
                 "matched": result["val_loss"] <= ref["val_loss"] + self.tolerance}
@@ -171,19 +217,30 @@ class Inheritune(Method):
             print(f"[{run.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
                   f"{ref_result['val_loss']:.4f} on this experiment's val windows", flush=True)
         inherit, grow_target = self.surgery(run)
+        chosen, values = self.chosen(run, reference, datamodule)
         L.seed_everything(run.seed, workers=True, verbose=False)
         blocks = list(self.blocks) if self.blocks else None
-        target = inherit(reference, None if blocks else rounds[0].identity["model"]["n_layer"], blocks)
         depths = [s.identity["model"]["n_layer"] for s in rounds]
+        if self.select == "first":  # the paper: the first n, grown by the family's grow
+            target = inherit(reference, None if blocks else depths[0], blocks)
+
+            def grow(model, i):
+                return grow_target(model, reference, depths[i] - model.config.n_layer)
+        else:  # the chosen blocks, re-inherited each round (validate refuses append growth)
+            target = inherit(reference, None, chosen[0])
+
+            def grow(model, i):
+                return inherit(reference, None, chosen[i])
         growth = Growth(
             stages=rounds, steps=run.steps, seeds=[run.seed + i for i in range(len(rounds))], name=run.name,
-            grow=lambda model, i: grow_target(model, reference, depths[i] - model.config.n_layer),
+            grow=grow,
             stop=lambda r: self.judge(r, ref_result)["matched"],
             describe=lambda r: (f"vs reference {ref_result['val_loss']:.4f}: "
                                 + ("matched" if self.judge(r, ref_result)["matched"] else "not matched")),
             carry_optimizer=self.carry_optimizer)
         identity = fit_identity(rounds, tolerance=self.tolerance, carry_optimizer=self.carry_optimizer)
-        results = [self.judge(r, ref_result)
+        blocks_of = {stage.name: blocks for stage, blocks in zip(rounds, chosen)}
+        results = [{**self.judge(r, ref_result), "blocks": blocks_of[r["stage"]]}
                    for r in fit_growth(run.cfg, causal_lm_stages(run), target, datamodule, growth, identity, headers)]
         final = results[-1]["n_layer"]
         baselines = self.baselines(run)[final]
@@ -195,7 +252,10 @@ class Inheritune(Method):
         ]
         # a baseline that is the reference's own run (same depth, steps, seed) is the reference's row already
         scratch = [r for r, stage in zip(scratch, baselines) if ref_stage is None or stage.dir != ref_stage.dir]
-        write_stage_table(run, ref_result, results + scratch)
+        selection = None if self.select == "first" else {
+            "select": self.select, "measure": MEASURE_OF.get(self.select), "values": values,
+            "settings": measure_settings(self.select)}
+        write_stage_table(run, ref_result, results + scratch, selection)
         return results + scratch
 
     def summary(self, run, results):
@@ -258,21 +318,33 @@ class Inheritune(Method):
                 "append, reinherit and carry-optimizer growth (which differ from round 2 on) would cost the same.")
 
 
-def write_stage_table(run: Run, ref: dict, results: list[dict]) -> str:
+def write_stage_table(run: Run, ref: dict, results: list[dict], selection: dict | None = None) -> str:
+    """stages.md and stages.json: the reference and every stage run, each round with the reference blocks it
+    inherited; `selection` (method.select other than first: the strategy, its measure and per-block values) is
+    recorded in both."""
     from lit_inheritune.io import write_json_atomic
     from lit_inheritune.provenance import provenance
 
     rows = [("reference", ref, "")] + [(r["stage"], r, "yes" if r["matched"] else "no") for r in results]
-    lines = ["| stage | layers | params | steps | tokens | val loss | reference val loss | matched |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | layers | params | steps | tokens | val loss | reference val loss | matched | blocks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r, matched in rows:
         steps = "" if r.get("steps") is None else r["steps"]
         tokens = "" if r.get("tokens") is None else f"{r['tokens'] / 1e6:.2f}M"
+        blocks = "" if r.get("blocks") is None else blocks_text(r["blocks"])
         lines.append(f"| {name} | {r['n_layer']} | {r['params'] / 1e6:.2f}M | {steps} | {tokens} | "
-                     f"{r['val_loss']:.4f} | {ref['val_loss']:.4f} | {matched} |")
+                     f"{r['val_loss']:.4f} | {ref['val_loss']:.4f} | {matched} | {blocks} |")
     table = "\n".join(lines) + "\n"
     prov = {**provenance(), "seed": run.seed, "experiment": run.name}
     header = "".join(f"- {k}: `{v}`\n" for k, v in prov.items())
+    if selection:
+        values = selection.get("values")
+        header += (f"- select: `{selection['select']}`"
+                   + (f" ({selection['measure']} per reference block: "
+                      f"{', '.join(f'{v:.4g}' for v in values)})" if values else "") + "\n")
     (run.run_dir / "stages.md").write_text(f"{header}\n{table}")
-    write_json_atomic(run.run_dir / "stages.json", {"reference": ref, "stages": results, "provenance": prov})
+    record = {"reference": ref, "stages": results, "provenance": prov}
+    if selection:
+        record["selection"] = selection
+    write_json_atomic(run.run_dir / "stages.json", record)
     return table
