@@ -34,6 +34,7 @@ from lit_inheritune.methods.base import (
 from lit_inheritune.methods.checks import check_attn_scale, check_steps
 from lit_inheritune.methods.growing import first_batch, fit_identity
 from lit_inheritune.models import BLOCK_PARTS, family_of
+from lit_inheritune.training.strategy import is_fsdp, say
 
 GROW_MODES = ("append", "reinherit")
 ROUND = re.compile(r"^round(\d+)-L\d+$")  # a round's stage name
@@ -69,6 +70,11 @@ class Inheritune(Method):
             if not all(0 <= b < k for b in self.blocks):
                 raise ConfigError(f"method.blocks={list(self.blocks)} names blocks outside the {k}-layer reference "
                                   f"(0..{k - 1}; model.n_layer={k})")
+            repeated = sorted({b for b in self.blocks if list(self.blocks).count(b) > 1})
+            if repeated:
+                raise ConfigError(f"method.blocks={list(self.blocks)} names block(s) {repeated} more than once: a "
+                                  "target inherits each reference block at most once; list distinct blocks (to "
+                                  "repeat blocks use method=hybrid_stacking)")
         else:
             n = self.n_layer
             if not 1 <= n <= k:
@@ -90,6 +96,10 @@ class Inheritune(Method):
         if self.carry_optimizer and self.grow_mode != "append":
             raise ConfigError("method.carry_optimizer=true keeps the AdamW state of the parameters that survive a "
                               "growth; only method.grow_mode=append keeps any (reinherit starts from fresh copies)")
+        if self.carry_optimizer and is_fsdp(run.cfg):
+            raise ConfigError("method.carry_optimizer=true cannot be honoured under FSDP (trainer=fsdp): there every "
+                              "round is a fit of its own, which starts a fresh optimizer; drop method.carry_optimizer "
+                              "(the paper's fresh optimizer per round), or use trainer=gpu or trainer=ddp to carry it")
         for steps in self.scratch_baselines:
             check_steps(run.cfg, "method.scratch_baselines", steps)
         family = family_of(run.model)
@@ -169,8 +179,8 @@ class Inheritune(Method):
         reference, ref_result = obtain_reference(run, datamodule, header=headers(reference_stage(run)))
         if ref_result is None:
             ref_result = measure(run, reference, datamodule)
-            print(f"[{run.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
-                  f"{ref_result['val_loss']:.4f} on this experiment's val windows", flush=True)
+            say(f"[{run.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
+                f"{ref_result['val_loss']:.4f} on this experiment's val windows")
         inherit, grow_target = self.surgery(run)
         L.seed_everything(run.seed, workers=True, verbose=False)
         blocks = list(self.blocks) if self.blocks else None
