@@ -277,7 +277,7 @@ def test_a_report_of_a_folder_without_runs_is_an_error(tmp_path, capsys):
 def test_the_rank_comes_from_the_launchers_environment(variable, monkeypatch):
     from lit_inheritune.training import strategy
 
-    for name in strategy.RANK_VARIABLES:
+    for name in (*strategy.RANK_VARIABLES, "NODE_RANK", "GROUP_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert strategy.global_rank() == 0
     monkeypatch.setenv(variable, "1")

@@ -33,7 +33,7 @@ WANDB_ID_FILE = "wandb_run_id"
 FIT_FILE = "fit.json"  # a growing run's record that its fit finished (not result.json: the report reads those)
 
 
-def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int, wandb_id: str) -> list:
+def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int, wandb_id: str | None = None) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides = {"save_dir": str(stage_dir)}
@@ -45,7 +45,7 @@ def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int, 
             if logger_cfg.get("offline") is None:
                 overrides["offline"] = not os.environ.get("WANDB_API_KEY")
             # the same W&B run across a kill and resume: the id is kept in the fit's directory
-            overrides["id"] = wandb_id
+            overrides["id"] = wandb_id or _wandb_run_id(stage_dir)
             overrides["resume"] = "allow"
         loggers.append(instantiate(logger_cfg, **overrides))
     return loggers
