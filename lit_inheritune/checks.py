@@ -46,6 +46,60 @@ def check_train(cfg: DictConfig) -> None:
                               f"method's rounds); remove trainer.{key}")
 
 
+# What Lightning's Trainer accepts (lightning.fabric.plugins.precision.precision._PRECISION_INPUT and the accelerator
+# registry, plus "auto" and "gpu"), listed here so checking them imports no Lightning: tests/test_failure_paths.py
+# compares them with the installed Lightning's.
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The Trainer can be built on this machine: a precision and an accelerator Lightning knows, and the GPUs a GPU
+    trainer asks for (torch is imported only then). Checked here, not by Lightning inside the first stage, so a
+    typo fails before any directory is written."""
+    t = cfg.trainer
+    precision = t.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not a precision Lightning knows; use one of "
+                          f"{', '.join(PRECISIONS[2:8])} (32-true on CPU, bf16-mixed on a recent GPU)")
+    accelerator = t.get("accelerator")
+    if not isinstance(accelerator, str):
+        return  # unset (Lightning's auto), or an Accelerator object the config builds
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator!r} is not one of {', '.join(ACCELERATORS)} (or pick a "
+                          "trainer config: trainer=cpu|gpu|ddp|ddp_cpu|fsdp)")
+    if accelerator in ("gpu", "cuda", "mps"):
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        available = {"cuda": torch.cuda.device_count(),
+                     "mps": int(bool(mps and mps.is_available()))}
+        count = available["mps"] if accelerator == "mps" else available["cuda"] or (
+            available["mps"] if accelerator == "gpu" else 0)
+        if not count:
+            raise ConfigError(f"trainer.accelerator={accelerator} but torch sees no {'GPU' if accelerator != 'mps' else 'MPS device'} "
+                              "on this machine; train on the CPU with trainer=cpu (trainer=ddp_cpu for several "
+                              "processes), or run this command where a GPU is")
+        devices = t.get("devices")
+        if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
+            raise ConfigError(f"trainer.devices={devices} but this machine has {count} GPU(s); set "
+                              f"trainer.devices={count} (or trainer.devices=auto)")
+
+
+def check_names(cfg: DictConfig) -> None:
+    """`name` and `run_name` (method.tag and the seed) are folders below paths.log_dir, one level each: a "/" or
+    ".." would put the run's directory (and what the report collects) somewhere else."""
+    for key, value in (("name", cfg.name), ("run_name", cfg.run_name)):
+        value = str(value)
+        if value in ("", ".", "..") or "/" in value or "\\" in value:
+            fix = value.replace("/", "-").replace("\\", "-").strip(".-") or "my-experiment"
+            source = "" if key == "name" else f" (method.tag={cfg.method.get('tag')!r}, seed={cfg.seed})"
+            raise ConfigError(f"{key}={value!r}{source} must be one folder name (no '/' or '\\', not '.' or "
+                              f"'..'): it names the run's folder below paths.log_dir; use e.g. "
+                              f"{'name' if key == 'name' else 'method.tag'}={fix}")
+
+
 def check_optim(cfg: DictConfig) -> None:
     o = cfg.optim
     if not o.lr > 0:
@@ -116,9 +170,11 @@ def check_method(cfg: DictConfig):
 # Checkpoints
 
 
-def checkpoint_config(path: str | Path) -> dict:
+def checkpoint_config(path: str | Path, key: str = "ckpt", own_stage: bool = False) -> dict:
     """The model hyper-parameters recorded in one of our checkpoints, read without loading the weights (mmap).
-    Raises CheckpointError naming the file when it is missing, corrupt (e.g. truncated) or not one of ours."""
+    Raises CheckpointError naming the file when it is missing, corrupt (e.g. truncated) or not one of ours; what
+    it advises depends on where the file is: `key` is the setting that named it (e.g. reference.ckpt), and
+    `own_stage` says it is a checkpoint of this run's own stage (one it would resume from)."""
     import pickle
     import zipfile
 
@@ -131,15 +187,31 @@ def checkpoint_config(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        best = path.with_name("best.ckpt")
-        stage = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        instead = f"use {best} (the best validation step) instead, or " if best.is_file() and best != path else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt (truncated or not a torch file: {reason}); {instead}"
-                              f"remove {stage} to train that stage again") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt (truncated or not a torch file: {reason}); "
+                              f"{_corrupt_advice(path, key, own_stage)}") from None
     model = (ckpt.get("hyper_parameters") or {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a lit_inheritune checkpoint (no model hyper-parameters)")
+        raise CheckpointError(f"{path} is not a lit_inheritune checkpoint (no model hyper-parameters); give "
+                              f"another {key}=")
     return model
+
+
+def _corrupt_advice(path: Path, key: str, own_stage: bool) -> str:
+    """What to do about a corrupt checkpoint: inside a run's stage directory (it holds identity.json), use the
+    stage's best.ckpt or train the stage again; anywhere else (the user's own folder) give another file."""
+    from lit_inheritune.training.identity import IDENTITY_FILE
+
+    best = path.with_name("best.ckpt")
+    best = best if best.is_file() and best != path else None
+    stage = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not own_stage and not (stage / IDENTITY_FILE).is_file():
+        return (f"it is not a usable checkpoint: give another {key}="
+                + (f" (e.g. {key}={best}, the best validation step beside it)" if best else ""))
+    if best is None:
+        return f"remove {stage} to train that stage again"
+    here = "" if own_stage else f" or pass {key}={best},"
+    return (f"use {best} (the best validation step) instead: `cp {best} {path}` and rerun with resume=true to "
+            f"continue training from it,{here} or remove {stage} to train that stage again")
 
 
 def check_reference_checkpoint(run) -> None:
@@ -151,7 +223,7 @@ def check_reference_checkpoint(run) -> None:
     path = Path(run.reference.ckpt)
     if not path.is_file():
         raise ConfigError(f"reference.ckpt={path}: no such file")
-    hparams = checkpoint_config(path)
+    hparams = checkpoint_config(path, key="reference.ckpt")
     theirs, ours = family_of(hparams), family_of(cfg.model)
     if theirs is not ours:
         raise ConfigError(f"reference.ckpt={path} holds a {theirs.title} model but the config's model is a "
@@ -171,7 +243,7 @@ def check_stage_checkpoints(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
     if run_dir.is_dir():
         for last in sorted(run_dir.glob("**/checkpoints/last.ckpt")):
-            checkpoint_config(last)
+            checkpoint_config(last, own_stage=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,7 +299,9 @@ def preflight(cfg: DictConfig):
     """Raise ConfigError, DataError or CheckpointError for anything in `cfg` that cannot work, before any
     compute; return the run context (methods.make_run). Cheap, except that shard checksums are verified (unless
     data.verify_checksum=false)."""
+    check_names(cfg)
     check_train(cfg)
+    check_trainer(cfg)
     check_optim(cfg)
     check_model(cfg)
     run = check_method(cfg)

@@ -10,6 +10,7 @@ This module imports nothing heavy: the entry points use it before torch or Light
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class ConfigError(ValueError):
@@ -26,6 +28,14 @@ class ConfigError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt or not one of ours."""
+
+
+class DivergenceError(FloatingPointError):
+    """Training stopped by a non-finite loss: a setting to change, not a bug."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a fit, carrying the line `run_cli` prints: what the run keeps and how to continue."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,7 +48,7 @@ class ArgumentParser(argparse.ArgumentParser):
 # The expected failures, by module and class name (a subclass counts too): matched by name so that knowing
 # them imports nothing. tests/test_cli_errors.py checks that every *Error class of the package is listed.
 EXPECTED = {
-    "lit_inheritune.errors": ("ConfigError", "CheckpointError"),
+    "lit_inheritune.errors": ("ConfigError", "CheckpointError", "DivergenceError"),
     "lit_inheritune.data.prepare": ("DataError",),
     "lit_inheritune.data.corpus": ("CorpusError",),
     "lit_inheritune.tokenizer": ("TokenizerError",),
@@ -54,8 +64,25 @@ EXPECTED = {
 }
 
 
+# What to do about a system failure on a file, by errno (the file itself is named in front of it).
+_DISK_FULL = ("the disk is full: free space there (or point paths.root_dir, data.data_dir or the command's out= "
+              "at another disk) and rerun the same command (resume=true continues a stage from its last checkpoint)")
+_NOT_WRITABLE = "cannot be written: point paths.root_dir (or the command's out=) at a directory you can write"
+OS_ADVICE = {
+    errno.ENOSPC: _DISK_FULL,
+    errno.EDQUOT: _DISK_FULL,
+    errno.EFBIG: "the file is larger than this filesystem allows: write to another disk",
+    errno.EROFS: f"the filesystem is read-only, so the path {_NOT_WRITABLE}",
+    errno.EACCES: f"permission denied: the path cannot be read, or {_NOT_WRITABLE}",
+    errno.EPERM: f"permission denied: the path cannot be read, or {_NOT_WRITABLE}",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: give a path below a directory",
+}
+
+
 def is_expected(error: BaseException) -> bool:
     if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    if isinstance(error, OSError) and error.errno in OS_ADVICE:  # a full disk, a read-only filesystem
         return True
     # `python -m lit_inheritune.export` runs that module as __main__, so its ExportError is __main__.ExportError.
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
@@ -88,8 +115,10 @@ def one_line(error: BaseException) -> str:
     if kind == "MissingMandatoryValue":
         key = re.search(r"full_key: (\S+)", str(error))
         return f"{_first_line(error)}: give it on the command line ({key.group(1) if key else 'key'}=...)"
-    if isinstance(error, OSError) and error.filename is not None:
-        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, OSError) and (error.filename is not None or error.errno in OS_ADVICE):
+        advice = OS_ADVICE.get(error.errno)
+        what = f"{error.strerror or error}{f'; {advice}' if advice else ''}"
+        return f"{error.filename}: {what}" if error.filename is not None else what
     # Our own messages are one sentence already; OmegaConf's end in "full_key: ..., object_type=..." lines.
     lines = [line.strip() for line in str(error).splitlines()]
     return " ".join(line for line in lines if line and not line.startswith(("reference_type=", "object_type=")))
@@ -131,6 +160,10 @@ def run_cli(entry: Callable[[], Any]) -> Any:
         return entry()
     except Failure as failure:
         error = failure.error
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: what the run keeps (training.runner says), and exit 130
+        print(str(interrupt) if isinstance(interrupt, Interrupted) and str(interrupt) else "interrupted",
+              file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as e:
         error = e
     finally:

@@ -43,8 +43,13 @@ def atomic_open(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. below a file, or a read-only filesystem: there is no temporary file to remove
+            pass
+        if isinstance(error, OSError) and error.filename in (None, str(tmp)):
+            error.filename = str(path)  # a full disk or read-only filesystem is reported naming the file meant
         raise
 
 

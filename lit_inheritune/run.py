@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from lit_inheritune.checks import preflight
 from lit_inheritune.methods import Stage, make_run
+from lit_inheritune.training.strategy import say
 
 
 def plan(cfg: DictConfig) -> list[Stage]:
@@ -53,7 +54,7 @@ def analyze_run(cfg: DictConfig, results: list[dict]) -> Path:
         with wandb.init(project=w.project, group=w.group, job_type="analysis", name=f"{cfg.run_name}/analysis",
                         dir=str(out_dir), mode=mode) as wb:
             wb.log({p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))})
-    print(f"[{cfg.name}] attention analysis: {out_dir / 'max_rank.md'}", flush=True)
+    say(f"[{cfg.name}] attention analysis: {out_dir / 'max_rank.md'}")
     return out_dir
 
 
@@ -66,10 +67,8 @@ def run(cfg: DictConfig) -> list[dict]:
     datamodule.prepare_data()  # the stages' identities name the prepared shards
     method.check(run)  # before any training: no directory of this run may hold work made under other settings
     results = method.run(run, datamodule)
-    for result in results:
-        print(summary_line(cfg, result), flush=True)
-    for line in method.summary(run, results):
-        print(line, flush=True)
+    # once per run, not once per process of a distributed one
+    say(*(summary_line(cfg, result) for result in results), *method.summary(run, results))
     if cfg.get("analyze"):
         analyze_run(cfg, method.analysis_results(run, results))
     return results

@@ -101,7 +101,8 @@ CASES = {
         ["reference.ckpt=", "n_embd=16", "model.n_embd=32"]),
     "given_reference_truncated": (
         train("method=inheritune", "reference=ckpt", "reference.ckpt={truncated}"),
-        ["truncated/checkpoints/last.ckpt is corrupt", "best.ckpt", "remove"]),
+        ["truncated/checkpoints/last.ckpt is corrupt", "not a usable checkpoint: give another reference.ckpt=",
+         "reference.ckpt=", "best.ckpt"]),
     "parts_typo": (train("method=inheritune", "method.parts=atn"), ["method.parts='atn'", "attn_mlp"]),
     "grow_by_zero": (train("method=inheritune", "method.grow_by=0"), ["method.grow_by=0"]),
     "negative_steps": (train("train.max_steps=-20"), ["train.max_steps=-20"]),

@@ -176,7 +176,7 @@ def _prepare(out_dir: Path, source, tokenizer, val_fraction, split_seed, eot, ch
         "or delete it"
     )
     if manifest_path.exists():
-        manifest = _read_json(manifest_path)
+        manifest = read_manifest(manifest_path)
         if manifest.get("config") != config:
             raise DataError(different)
         return manifest
@@ -365,6 +365,37 @@ def check_fits(data_dir: Path, manifest: dict, train: np.ndarray, val: np.ndarra
             )
 
 
+def read_manifest(manifest_path: Path) -> dict:
+    """A prepared directory's manifest.json, checked to be one: a truncated or edited file is a DataError saying to
+    prepare the directory again (never a KeyError deep inside)."""
+    data_dir = manifest_path.parent
+    try:
+        manifest = _read_json(manifest_path)
+        problem = None
+    except json.JSONDecodeError as e:
+        manifest, problem = None, f"not valid JSON: {e}"
+    except UnicodeDecodeError as e:
+        manifest, problem = None, f"not text: {e}"
+    if problem is None:
+        splits = manifest.get("splits") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict):
+            problem = f"a JSON {type(manifest).__name__}, not an object"
+        elif not isinstance(splits, dict) or not all(
+                isinstance(splits.get(split), dict) and {"file", "tokens", "sha256"} <= set(splits[split])
+                for split in SPLITS):
+            problem = f"no file, tokens and sha256 for each of the splits {', '.join(SPLITS)}"
+        elif not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("vocab_size"),
+                                                                                int):
+            problem = "no tokenizer with its vocab_size"
+        elif not isinstance(manifest.get("config"), dict):
+            problem = "no config it was prepared with"
+    if problem is not None:
+        raise DataError(f"{manifest_path} is not a valid manifest ({problem}): it was cut short or edited; delete "
+                        f"{data_dir} and prepare it again (`python -m lit_inheritune.data.prepare --out {data_dir} "
+                        "...`, or a training run whose data config has a prepare section prepares it on first use)")
+    return manifest
+
+
 def load_prepared(data_dir: str | Path, verify_checksum: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
     """Open a prepared directory: (manifest, train tokens, val tokens), tokens as read-only uint16 memmaps.
 
@@ -382,10 +413,7 @@ def load_prepared(data_dir: str | Path, verify_checksum: bool = True) -> tuple[d
                 "same arguments to resume it"
             )
         raise DataError(f"{data_dir} has no {MANIFEST_FILE}, so it is not a prepared dataset; {hint}")
-    try:
-        manifest = _read_json(manifest_path)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{manifest_path} is not valid JSON ({e}); prepare the data again") from e
+    manifest = read_manifest(manifest_path)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(

@@ -37,6 +37,7 @@ from lit_inheritune.methods.checks import check_attn_scale, check_steps
 from lit_inheritune.methods.growing import first_batch, fit_identity
 from lit_inheritune.models import BLOCK_PARTS, GROW_MODES, family_of
 from lit_inheritune.selection import MEASURE_OF, SELECTIONS, TITLES, blocks_text, measure_settings
+from lit_inheritune.training.strategy import is_fsdp, say
 
 ROUND = re.compile(r"^round(\d+)-L\d+$")  # a round's stage name
 
@@ -74,6 +75,11 @@ class Inheritune(Method):
             if not all(0 <= b < k for b in self.blocks):
                 raise ConfigError(f"method.blocks={list(self.blocks)} names blocks outside the {k}-layer reference "
                                   f"(0..{k - 1}; model.n_layer={k})")
+            repeated = sorted({b for b in self.blocks if list(self.blocks).count(b) > 1})
+            if repeated:
+                raise ConfigError(f"method.blocks={list(self.blocks)} names block(s) {repeated} more than once: a "
+                                  "target inherits each reference block at most once; list distinct blocks (to "
+                                  "repeat blocks use method=hybrid_stacking)")
         else:
             n = self.n_layer
             if not 1 <= n <= k:
@@ -106,6 +112,10 @@ class Inheritune(Method):
         if self.carry_optimizer and self.grow_mode != "append":
             raise ConfigError("method.carry_optimizer=true keeps the AdamW state of the parameters that survive a "
                               "growth; only method.grow_mode=append keeps any (reinherit starts from fresh copies)")
+        if self.carry_optimizer and is_fsdp(run.cfg):
+            raise ConfigError("method.carry_optimizer=true cannot be honoured under FSDP (trainer=fsdp): there every "
+                              "round is a fit of its own, which starts a fresh optimizer; drop method.carry_optimizer "
+                              "(the paper's fresh optimizer per round), or use trainer=gpu or trainer=ddp to carry it")
         for steps in self.scratch_baselines:
             check_steps(run.cfg, "method.scratch_baselines", steps)
         family = family_of(run.model)
@@ -191,11 +201,11 @@ class Inheritune(Method):
             ref_fp = fingerprint(reference_identity(run))
             cache = reference_cache_dir(run.log_dir, run.name, None if ref_stage is None else ref_stage.dir, ref_fp)
             values = reference_measure(MEASURE_OF[self.select], reference, datamodule, cache, ref_fp,
-                                       log=lambda line: print(f"[{run.name}] {line}", flush=True))
+                                       log=lambda line: say(f"[{run.name}] {line}"))
         chosen = chosen_blocks(self.select, depths, family_of(reference).n_layer(reference), values, seed=run.seed)
-        print(f"[{run.name}] method.select={self.select}: round 1 inherits reference blocks {chosen[0]}"
-              + (f", growth adds {', then '.join(str(sorted(set(b) - set(a))) for a, b in zip(chosen, chosen[1:]))}"
-                 if len(chosen) > 1 else ""), flush=True)
+        say(f"[{run.name}] method.select={self.select}: round 1 inherits reference blocks {chosen[0]}"
+            + (f", growth adds {', then '.join(str(sorted(set(b) - set(a))) for a, b in zip(chosen, chosen[1:]))}"
+               if len(chosen) > 1 else ""))
         return chosen, values
 
     def judge(self, result: dict, ref: dict) -> dict:
@@ -214,8 +224,8 @@ class Inheritune(Method):
         reference, ref_result = obtain_reference(run, datamodule, header=headers(reference_stage(run)))
         if ref_result is None:
             ref_result = measure(run, reference, datamodule)
-            print(f"[{run.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
-                  f"{ref_result['val_loss']:.4f} on this experiment's val windows", flush=True)
+            say(f"[{run.name}] reference {ref_result['n_layer']}L (given, not trained here): val loss "
+                f"{ref_result['val_loss']:.4f} on this experiment's val windows")
         inherit, grow_target = self.surgery(run)
         chosen, values = self.chosen(run, reference, datamodule)
         L.seed_everything(run.seed, workers=True, verbose=False)

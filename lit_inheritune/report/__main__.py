@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.group_dir.is_dir():
         raise ConfigError(f"{args.group_dir} is not a directory of runs (outputs/<experiment name>)")
+    if next(args.group_dir.rglob("result.json"), None) is None:
+        raise ConfigError(f"{args.group_dir} holds no finished run (no result.json below it): give the directory of "
+                          "an experiment's runs, outputs/<experiment name>, once a run of it has finished")
     suites = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())
     if args.suite and args.suite not in suites:
         raise ConfigError(f"unknown --suite {args.suite!r}; known: {', '.join(sorted(suites))}")

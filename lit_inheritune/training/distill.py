@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lit_inheritune.errors import DivergenceError
 from lit_inheritune.training.lm import CausalLM
 from lit_inheritune.training.optim import OptimConfig
 
@@ -49,7 +50,7 @@ class DistillationLM(CausalLM):
             teacher_logits = self.teacher(x)["logits"]
         loss, ce, kl = kd_loss(self.model(x)["logits"], teacher_logits, y, self.alpha, self.temperature)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}; stopping")
+            raise DivergenceError(f"training loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/ce": ce, "train/kl": kl})
         return loss

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from lit_inheritune.errors import DivergenceError
 from lit_inheritune.models import config_dict, family_of
 from lit_inheritune.training.optim import OptimConfig, build_optimizer
 
@@ -42,10 +43,8 @@ class CausalLM(L.LightningModule):
         x, y = batch
         loss = self.model(x, y)["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
-                "stopping. Lower the learning rate or resume from an earlier checkpoint."
-            )
+            # fit_stage adds the stage, what to change and what the stage keeps (an expected failure: one line)
+            raise DivergenceError(f"training loss is {loss.item()} at step {self.global_step} (batch {batch_idx})")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,11 +20,11 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lit_inheritune.errors import ConfigError
-from lit_inheritune.io import write_json_atomic
+from lit_inheritune.errors import ConfigError, DivergenceError, Interrupted
+from lit_inheritune.io import write_json_atomic, write_text_atomic
 from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
 from lit_inheritune.training.grow import GrowCallback, Growth
-from lit_inheritune.training.identity import check_stage_dir
+from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir
 from lit_inheritune.training.stage_record import (
     CONFIG_FILE,
     RESULT_FILE,
@@ -32,13 +33,13 @@ from lit_inheritune.training.stage_record import (
     stage_result,
     write_identity,
 )
-from lit_inheritune.training.strategy import is_fsdp
+from lit_inheritune.training.strategy import is_fsdp, say
 
 WANDB_ID_FILE = "wandb_run_id"
 FIT_FILE = "fit.json"  # a growing run's record that its fit finished (not result.json: the report reads those)
 
 
-def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int) -> list:
+def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int, wandb_id: str | None = None) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides = {"save_dir": str(stage_dir)}
@@ -50,18 +51,17 @@ def _loggers(cfg: DictConfig, stage_dir: Path, stage: str | None, n_layer: int) 
             if logger_cfg.get("offline") is None:
                 overrides["offline"] = not os.environ.get("WANDB_API_KEY")
             # the same W&B run across a kill and resume: the id is kept in the fit's directory
-            overrides["id"] = _wandb_run_id(stage_dir)
+            overrides["id"] = wandb_id or _wandb_run_id(stage_dir)
             overrides["resume"] = "allow"
         loggers.append(instantiate(logger_cfg, **overrides))
     return loggers
 
 
 def _wandb_run_id(stage_dir: Path) -> str:
+    """The fit's W&B run id: the one its directory recorded, or a new one (fit_stage records it once the Trainer
+    is built)."""
     path = stage_dir / WANDB_ID_FILE
-    if not path.exists():
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(4) + "\n")
-    return path.read_text().strip()
+    return path.read_text().strip() if path.exists() else secrets.token_hex(4)
 
 
 def _callbacks(cfg: DictConfig, stage_dir: Path, stage: str, growing: bool = False) -> list[L.Callback]:
@@ -121,31 +121,43 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         result = json.loads(result_path.read_text())
         # The recorded paths were relative to where that run was launched; the stage is here now.
         result["last_checkpoint"] = str(checkpoint_path(stage_dir))
-        print(f"{header}: already done, val loss {result['val_loss']:.4f} ({stage_dir})", flush=True)
+        say(f"{header}: already done, val loss {result['val_loss']:.4f} ({stage_dir})")
         return result
     last = checkpoint_path(stage_dir)
     if last.exists() and not cfg.resume:
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
-    if not (grow and last.exists()):  # a growing fit resumes in a stage only its checkpoint knows: it says which
-        length = f"{grow.growth.steps} steps" if grow else f"{steps} steps"
-        print(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}", flush=True)
-    write_identity(stage_dir, identity)
-    OmegaConf.save(cfg, stage_dir / CONFIG_FILE, resolve=True)
-    config_hash = config_sha256(stage_dir / CONFIG_FILE)
-
+    wandb_id = _wandb_run_id(stage_dir)
     callbacks = _callbacks(cfg, stage_dir, stage, growing=grow is not None) + ([grow] if grow else [])
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
+    # Built before anything is written: a Trainer that cannot be built (checks.check_trainer catches the usual
+    # causes first) leaves no directory that would refuse the corrected command.
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        logger=_loggers(cfg, stage_dir, None if grow else stage, module.model.config.n_layer) or False,
+        logger=_loggers(cfg, stage_dir, None if grow else stage, module.model.config.n_layer, wandb_id) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(stage_dir),
         max_steps=steps,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    if not (grow and last.exists()):  # a growing fit resumes in a stage only its checkpoint knows: it says which
+        length = f"{grow.growth.steps} steps" if grow else f"{steps} steps"
+        say(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}")
+    existed = set(stage_dir.iterdir()) if stage_dir.is_dir() else None
+    try:
+        write_identity(stage_dir, identity)
+        OmegaConf.save(cfg, stage_dir / CONFIG_FILE, resolve=True)
+        if "wandb" in (cfg.get("logger") or {}) and not (stage_dir / WANDB_ID_FILE).exists():
+            write_text_atomic(stage_dir / WANDB_ID_FILE, wandb_id + "\n")
+        config_hash = config_sha256(stage_dir / CONFIG_FILE)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    except BaseException as error:
+        failure = _fit_failed(error, cfg, trainer, stage_dir, existed,
+                              grow.growth.stages[grow.index].name if grow else stage)
+        if failure is error:
+            raise
+        raise failure from None
 
     val_loss = trainer.callback_metrics.get("val/loss")
     if val_loss is None:  # resumed after the last validation had already run: measure again
@@ -166,6 +178,70 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     return result
 
 
+def _fit_failed(error: BaseException, cfg: DictConfig, trainer: L.Trainer, stage_dir: Path, existed: set | None,
+                stage: str) -> BaseException:
+    """What a fit that stopped early leaves, and the error to raise about it. A fit that never reached a checkpoint
+    holds nothing trained: what it wrote is removed, so the corrected command (another lr, the same name) is not
+    refused as "made under other settings". A kept checkpoint is named, with how to continue or start over.
+
+    Ctrl-C (Lightning turns it into sys.exit(1) after its own shutdown) becomes errors.Interrupted, a divergence an
+    expected failure of one line; other failures are re-raised as they are, after the clean-up."""
+    interrupted = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit)
+                                                        and isinstance(error.__context__, KeyboardInterrupt))
+    if isinstance(error, SystemExit) and not interrupted:
+        return error
+    step = _kept_step(stage_dir)
+    if step is None and trainer.is_global_zero:
+        _remove_new(stage_dir, existed)
+    at = f" (step {step})" if step is not None and step >= 0 else ""
+    if interrupted:
+        if step is None:
+            return Interrupted(f"interrupted: {stage} had reached no checkpoint yet, so nothing of it was kept; rerun "
+                               "the same command to start it again")
+        return Interrupted(f"interrupted: {stage_dir} keeps its last checkpoint{at}; rerun the same command "
+                           "with resume=true to continue")
+    if not isinstance(error, DivergenceError):
+        return error
+    o = cfg.optim
+    advice = (f"lower optim.lr (now {o.lr}), or lengthen optim.warmup_steps (now {o.warmup_steps}) or clip harder "
+              f"with trainer.gradient_clip_val (now {cfg.trainer.get('gradient_clip_val')})")
+    if step is None:
+        kept = "it reached no checkpoint, so its files were removed: rerun with other settings, under the same name"
+    else:
+        kept = (f"{stage_dir} keeps its last checkpoint{at}: to retry under the same name with other "
+                f"settings remove {stage_dir} (or give them a new name=...)")
+    return DivergenceError(f"stage {stage} ({stage_dir}) diverged: {error}; {advice}; {kept}")
+
+
+def _kept_step(stage_dir: Path) -> int | None:
+    """The step of the last checkpoint a fit in `stage_dir` reached (a growing fit's rounds included), or None
+    when it reached none."""
+    last = checkpoint_path(stage_dir)
+    if not last.is_file():
+        kept = [*stage_dir.glob("*/checkpoints/last.ckpt"), *stage_dir.glob("*/result.json")]
+        return None if not kept else -1
+    try:
+        import torch
+
+        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+    except Exception:  # the step is for the message only
+        return -1
+
+
+def _remove_new(stage_dir: Path, existed: set | None) -> None:
+    """Remove what a fit wrote into `stage_dir` (all of it when the directory is new): its identity, config,
+    logs. What was there before (e.g. Hydra's .hydra/ when the stage is the run directory) stays."""
+    if existed is None:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        return
+    for path in [*stage_dir.iterdir()] if stage_dir.is_dir() else []:
+        if path not in existed or path.name in (IDENTITY_FILE, CONFIG_FILE, WANDB_ID_FILE):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataModule, growth: Growth,
                identity: dict, header) -> list[dict]:
     """Train `growth`'s stages, starting from `model`, in one fit in the run directory; the results of the stages
@@ -183,7 +259,7 @@ def fit_growth(cfg: DictConfig, make_module, model, datamodule: L.LightningDataM
             if stage.name in done:
                 result = json.loads((Path(stage.dir) / RESULT_FILE).read_text())
                 result["last_checkpoint"] = str(checkpoint_path(stage.dir))
-                print(f"{header(stage)}: already done, val loss {result['val_loss']:.4f} ({stage.dir})", flush=True)
+                say(f"{header(stage)}: already done, val loss {result['val_loss']:.4f} ({stage.dir})")
                 results.append(result)
         return results
     grow_cfg = (cfg.get("callbacks") or {}).get("grow")
