@@ -414,8 +414,8 @@ def check_inputs(ckpt_paths: Mapping[str, str | Path], data_dir: str | Path, seq
     """Fail before any compute: checkpoints exist and are ours, the data is prepared, the
     windows fit every model's context and the tokenizer's ids fit every model's vocabulary.
     Returns {label: model config dict}."""
-    from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.data.prepare import DataError, load_prepared
+    from lit_inheritune.runs import checkpoint_config
 
     if not ckpt_paths:
         raise AnalysisError("no checkpoint given: pass ckpt=PATH or ckpts={label: PATH, ...}")

@@ -23,9 +23,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lit_inheritune.errors import CheckpointError, ConfigError, cli_errors
+from lit_inheritune.errors import ConfigError, cli_errors
 from lit_inheritune.methods.checks import check_steps, positive
 from lit_inheritune.models import checkpoint_shape, family_of
+from lit_inheritune.runs import checkpoint_config  # noqa: F401  (also checks.checkpoint_config, as before)
 
 REFERENCE_KINDS = ("train", "ckpt", "pretrained")
 
@@ -168,50 +169,6 @@ def check_method(cfg: DictConfig):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def checkpoint_config(path: str | Path, key: str = "ckpt", own_stage: bool = False) -> dict:
-    """The model hyper-parameters recorded in one of our checkpoints, read without loading the weights (mmap).
-    Raises CheckpointError naming the file when it is missing, corrupt (e.g. truncated) or not one of ours; what
-    it advises depends on where the file is: `key` is the setting that named it (e.g. reference.ckpt), and
-    `own_stage` says it is a checkpoint of this run's own stage (one it would resume from)."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; give the path of a last.ckpt or best.ckpt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt (truncated or not a torch file: {reason}); "
-                              f"{_corrupt_advice(path, key, own_stage)}") from None
-    model = (ckpt.get("hyper_parameters") or {}).get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(model, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not a lit_inheritune checkpoint (no model hyper-parameters); give "
-                              f"another {key}=")
-    return model
-
-
-def _corrupt_advice(path: Path, key: str, own_stage: bool) -> str:
-    """What to do about a corrupt checkpoint: inside a run's stage directory (it holds identity.json), use the
-    stage's best.ckpt or train the stage again; anywhere else (the user's own folder) give another file."""
-    from lit_inheritune.training.identity import IDENTITY_FILE
-
-    best = path.with_name("best.ckpt")
-    best = best if best.is_file() and best != path else None
-    stage = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if not own_stage and not (stage / IDENTITY_FILE).is_file():
-        return (f"it is not a usable checkpoint: give another {key}="
-                + (f" (e.g. {key}={best}, the best validation step beside it)" if best else ""))
-    if best is None:
-        return f"remove {stage} to train that stage again"
-    here = "" if own_stage else f" or pass {key}={best},"
-    return (f"use {best} (the best validation step) instead: `cp {best} {path}` and rerun with resume=true to "
-            f"continue training from it,{here} or remove {stage} to train that stage again")
 
 
 def check_reference_checkpoint(run) -> None:

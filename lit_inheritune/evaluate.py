@@ -330,8 +330,8 @@ def evaluate_checkpoint(
 
 def checkpoint_model(ckpt: str | Path, tokenizer: str = "auto", data_dir=None) -> tuple[torch.nn.Module, Tokenizer]:
     """The model in one of our checkpoints and the tokenizer its run trained with."""
-    from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.models import SurgeryError, load_checkpoint
+    from lit_inheritune.runs import checkpoint_config
 
     if not Path(ckpt).is_file():
         raise EvaluationError(f"checkpoint {ckpt} not found")

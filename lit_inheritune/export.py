@@ -208,8 +208,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
 
     Everything is checked before anything is written, and the directory is assembled next to `out` and moved
     into place at the end, so a failed export never leaves a half-written (or half-deleted) `out`."""
-    from lit_inheritune.checks import checkpoint_config
     from lit_inheritune.models import SurgeryError, load_checkpoint
+    from lit_inheritune.runs import checkpoint_config
 
     ckpt, out = Path(ckpt), Path(out)
     if not ckpt.is_file():
