@@ -219,7 +219,7 @@ def _moved_by_hybrid_stacking(attn_scale):
 
 
 def _moved_by_distilbert_mapping(attn_scale):
-    from lit_inheritune.checks import distilbert_blocks
+    from lit_inheritune.methods.distill import distilbert_blocks
 
     ref = _ref(n_layer=8)
     blocks = distilbert_blocks(8, 6)  # [0, 2, 4, 6, 4, 5]
