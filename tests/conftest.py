@@ -1,4 +1,8 @@
-"""Tests run offline and write only below pytest's tmp dirs."""
+"""Tests run offline and write only below pytest's tmp dirs.
+
+`make test` runs them on pytest-xdist workers, one per core (-n auto): each worker, and every interpreter a test
+starts, then runs torch on its share of the cores; session fixtures (the prepared fixture corpus) are built once per
+worker, below that worker's own tmp dir."""
 
 import os
 
@@ -8,6 +12,13 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# pytest-xdist sets the worker count before this file is imported; one process alone keeps up to two threads.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the interpreters the tests start inherit it
+
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -15,7 +26,15 @@ import torch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the long tests first (several processes, the GGUF, a fresh interpreter), the others in
+    their files' order: the workers then end on short tests, at about the same time."""
+    if WORKERS > 1:
+        light = lambda item: not any(item.get_closest_marker(m) for m in ("distributed", "gguf", "subprocess"))
+        items.sort(key=light)  # stable: the heavy (light False) first, each group in collection order
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +47,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(root / "wandb-config"))
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("MPLCONFIGDIR", str(root / "mpl"))
+    if "datasets" in sys.modules:  # imported while collecting (lm_eval): it read its cache paths then, from ~/.cache
+        config = sys.modules["datasets"].config
+        monkeypatch.setattr(config, "HF_DATASETS_CACHE", root / "hf" / "datasets")
+        monkeypatch.setattr(config, "DOWNLOADED_DATASETS_PATH", root / "hf" / "datasets" / "downloads")
+        monkeypatch.setattr(config, "EXTRACTED_DATASETS_PATH", root / "hf" / "datasets" / "downloads" / "extracted")
 
 
 # Overrides for a run of seconds on the fixture corpus.

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import THREADS
 
 from lit_inheritune.analysis import (
     AnalysisError,
@@ -213,11 +214,12 @@ def save_tiny_checkpoint(path: Path, model: GPT) -> Path:
 
 
 def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
     return subprocess.run([sys.executable, "-m", "lit_inheritune.analyze", *overrides], capture_output=True,
                           text=True, env=env, timeout=120)
 
 
+@pytest.mark.subprocess
 def test_cli_end_to_end(tmp_path, fixture_data_dir):
     first = save_tiny_checkpoint(tmp_path / "runs" / "vanilla-s1" / "checkpoints" / "last.ckpt", tiny_gpt(3))
     second = save_tiny_checkpoint(tmp_path / "runs" / "inh-s1" / "checkpoints" / "last.ckpt", tiny_gpt(2))
@@ -240,6 +242,7 @@ def test_cli_end_to_end(tmp_path, fixture_data_dir):
     assert f"| {near} of {2 * inh['n_head']} |" in table  # near-rank-1 heads per tau, of all heads
 
 
+@pytest.mark.subprocess
 def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
     ckpt = save_tiny_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tiny_gpt(2))
     with pytest.raises(AnalysisError, match="does not exist"):

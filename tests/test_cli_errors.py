@@ -15,6 +15,8 @@ from conftest import TINY
 
 from lit_inheritune.models.gpt import GPT, GPTConfig
 
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=512)  # model=cpu_tiny
 

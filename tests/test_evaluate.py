@@ -167,6 +167,7 @@ def write_run(stage_dir: Path, data_dir: Path) -> Path:
     return ckpt
 
 
+@pytest.mark.subprocess
 def test_cli_evaluates_a_run_checkpoint_with_its_datasets_tokenizer(tmp_path, fixture_data_dir):
     # data_dir is found through the run's config.yaml, its manifest names the BPE, and the tasks are local
     ckpt = write_run(tmp_path / "runs" / "scratch-L2-s1", fixture_data_dir)

@@ -134,6 +134,7 @@ def test_gpt2_tokenizer_round_trips(tmp_path):
     assert GPT2TokenizerFast.from_pretrained(tmp_path)(" Hello world")["input_ids"] == [18435, 995]
 
 
+@pytest.mark.subprocess
 def test_cli_exports_a_run_with_its_datasets_tokenizer(tmp_path, fixture_data_dir):
     """tokenizer=auto: the run's config.yaml names the dataset, whose manifest names the BPE."""
     from transformers import AutoTokenizer, GPT2LMHeadModel

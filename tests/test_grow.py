@@ -144,6 +144,7 @@ tag: embedding_only-L${method.n_layer}
 """
 
 
+@pytest.mark.subprocess
 def test_a_new_method_is_a_config_file_and_a_class(tmp_path, fixture_data_dir):
     conf = tmp_path / "conf"
     (conf / "method").mkdir(parents=True)

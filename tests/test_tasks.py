@@ -122,6 +122,7 @@ def test_lm_eval_scores_the_task_offline_as_the_models_own_greedy_and_log_probs(
     assert scores["perplexity,none"] == pytest.approx(math.exp(-sum(logprobs) / N), rel=1e-4)
 
 
+@pytest.mark.subprocess
 def test_evaluate_builds_lastword_for_the_checkpoints_dataset_and_reuses_it(tmp_path, fixture_data_dir):
     data_dir = tmp_path / "fixture-bpe512"  # a copy: the task is written into <data_dir>/tasks/
     shutil.copytree(fixture_data_dir, data_dir)

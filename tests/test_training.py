@@ -152,6 +152,7 @@ def test_model_vocab_smaller_than_data_vocab_is_a_clear_error(tmp_path, fixture_
         run(_cfg(tmp_path, fixture_data_dir, "model.vocab_size=256"))
 
 
+@pytest.mark.subprocess
 def test_cli_multirun_over_seeds(tmp_path, fixture_data_dir):
     """The thin __main__: a Hydra multirun of two seeds, each ending in its summary line."""
     cmd = [sys.executable, "-m", "lit_inheritune", "-m", *TINY, "train.max_steps=10",
