@@ -1,9 +1,10 @@
 """Tests run offline and write only below pytest's tmp dirs.
 
 `make test` runs them on pytest-xdist workers, one per core (-n auto): each worker, and every interpreter a test
-starts, then runs torch on its share of the cores; session fixtures (the prepared fixture corpus) are built once per
-worker, below that worker's own tmp dir."""
+starts, then runs torch on its share of the cores; session fixtures (the prepared fixture corpus, the trained
+references) are built once per worker, below that worker's own tmp dir."""
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -18,6 +19,7 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the interpreters the tests start inherit it
 
+import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -84,6 +86,53 @@ def _plain(node):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def _trained_references(tmp_path_factory):
+    """A reference's identity (as JSON) -> its stage directory, trained once per session (per xdist worker)."""
+    return tmp_path_factory.mktemp("references"), {}
+
+
+@pytest.fixture
+def shared_reference(_trained_references):
+    """`shared_reference(cfg)`: the reference stage `cfg` would train first (the experiment's scratch run of the
+    reference's depth, steps and seed) put in place already trained, as a sweep's earlier job would have left it,
+    so `run(cfg)` finds it done (training/identity.py) and trains only what the test is about. For tests whose
+    point is not the reference's own training (that is tested in test_inheritune.py, test_run_identity.py).
+
+    The directory is a copy of one trained under the same identity earlier in the session, by the recipe's own
+    obtain_reference with this config (only paths.log_dir elsewhere); one a test changes stays its own. The run
+    refuses the copy if its identity is not the one `cfg` asks for, so a test never silently uses another
+    reference. Returns `cfg`."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lit_inheritune.methods import obtain_reference, reference_dir, reference_stage
+
+    root, trained = _trained_references
+
+    def populate(cfg):
+        stage = reference_stage(cfg)
+        assert stage is not None, "this config gives its reference (a checkpoint, a pretrained model): none to share"
+        key = json.dumps(stage.identity, sort_keys=True, default=str)
+        if key not in trained:
+            train_cfg = OmegaConf.merge(cfg, {"paths": {"log_dir": str(root / f"r{len(trained)}")}})
+            datamodule = instantiate(train_cfg.data)
+            datamodule.prepare_data()
+            obtain_reference(train_cfg, datamodule)
+            trained[key] = reference_dir(train_cfg)
+        source, dest = trained[key], reference_dir(cfg)
+        assert dest == stage.dir and not dest.exists(), dest
+        shutil.copytree(source, dest)
+        result = json.loads((dest / "result.json").read_text())
+        for name in ("last_checkpoint", "best_checkpoint"):  # the paths the run recorded, as if trained here
+            if result.get(name):
+                result[name] = str(dest / Path(result[name]).relative_to(source))
+        (dest / "result.json").write_text(json.dumps(result))
+        return cfg
+
+    return populate
 
 
 @pytest.fixture

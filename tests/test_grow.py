@@ -25,7 +25,7 @@ def _cfg(tmp_path, data_dir, *extra):
 
 @pytest.mark.parametrize("carry", [True, False])
 def test_carry_optimizer_keeps_the_adamw_state_of_every_surviving_parameter(tmp_path, fixture_data_dir, monkeypatch,
-                                                                           carry):
+                                                                           carry, shared_reference):
     """append growth: with method.carry_optimizer=true the new optimizer holds exactly the moments (and step
     counts) the old one had for round 1's parameters, and none for the appended block; without it, none at all.
     The LR schedule restarts either way."""
@@ -44,7 +44,8 @@ def test_carry_optimizer_keeps_the_adamw_state_of_every_surviving_parameter(tmp_
         seen["lr"] = trainer.lr_scheduler_configs[0].scheduler.last_epoch
 
     monkeypatch.setattr(grow.GrowCallback, "_install", spy)
-    cfg = _cfg(tmp_path, fixture_data_dir, "method.grow_mode=append", f"method.carry_optimizer={str(carry).lower()}")
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "method.grow_mode=append",
+                                f"method.carry_optimizer={str(carry).lower()}"))
     results = run(cfg)
     assert [r["n_layer"] for r in results] == [2, 3]
     assert Path(cfg.run_dir).name == f"inheritune-n2-block-append{'-carry' if carry else ''}-s1"
@@ -75,7 +76,8 @@ def test_growth_needs_stages_that_end_on_a_validation(tmp_path, fixture_data_dir
         run(_cfg(tmp_path, fixture_data_dir, "train.val_every_n_steps=4"))
 
 
-def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path, fixture_data_dir, monkeypatch):
+def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path, fixture_data_dir, monkeypatch,
+                                                                        shared_reference):
     """Rounds 1 and 2 log to one W&B run (and one CSV), also across a kill in round 2 and a resume; the stage
     number is a logged metric; no stage directory starts a W&B run of its own."""
     pytest.importorskip("wandb")
@@ -88,7 +90,8 @@ def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path
             if trainer.global_step == 15:
                 raise RuntimeError("simulated kill")
 
-    cfg = _cfg(tmp_path, fixture_data_dir, "logger=default", "name=wb", "train.val_every_n_steps=5", "resume=true")
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "logger=default", "name=wb", "train.val_every_n_steps=5",
+                                "resume=true"))
     original = runner._callbacks
     monkeypatch.setattr(runner, "_callbacks",
                         lambda *a, **k: [*original(*a, **k), *([KillInRoundTwo()] if k.get("growing") else [])])
@@ -173,7 +176,7 @@ def test_a_method_target_that_cannot_be_imported_is_one_clear_error(tmp_path, fi
 
 
 def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_path, fixture_data_dir,
-                                                                            initial_models):
+                                                                            initial_models, shared_reference):
     """What growing inside one fit changes against the one-fit-per-round runner, to the last bit: only which
     batches round 2 sees (micro-batches T..2T-1 of the seed's stream instead of 0..T-1). Round 2 trained as a
     fit of its own from the same starting model on those batches ends with the same weights."""
@@ -183,7 +186,7 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
     from lit_inheritune.methods import _optim
     from lit_inheritune.training.lm import CausalLM
 
-    cfg = _cfg(tmp_path, fixture_data_dir)
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir))
     _, round2 = run(cfg)
 
     class FromStepT(type(instantiate(cfg.data))):
