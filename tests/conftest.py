@@ -19,8 +19,12 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the interpreters the tests start inherit it
 
+import logging  # noqa: E402
+import runpy  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -133,6 +137,46 @@ def shared_reference(_trained_references):
         return cfg
 
     return populate
+
+
+@pytest.fixture
+def run_in_process(monkeypatch, capfd):
+    """`run_in_process([module, *args], cwd, **env)`: what `python -m module args...` run from `cwd` with
+    LIT_INHERITUNE_ROOT=cwd (and `env`) does, in this process: runpy runs the module as __main__, as the
+    interpreter would, with sys.argv, the working directory and the environment set for the call. Returns a
+    CompletedProcess: the exit code (a SystemExit's, else 0) and what was written to stdout and stderr. An
+    exception that escapes (a bug, or a traceback asked for with HYDRA_FULL_ERROR=1) propagates. Loggers are
+    restored afterwards (Hydra configures logging for a sweep). tests/test_cli_errors.py runs one case per
+    entry point as a real subprocess too."""
+
+    def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+        loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger))]
+        saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+        code = 0
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            m.delenv("HYDRA_FULL_ERROR", raising=False)
+            for key, value in {"LIT_INHERITUNE_ROOT": str(cwd), **env}.items():
+                m.setenv(key, value)
+            m.setattr(sys, "argv", list(argv))  # runpy sets argv[0] to the module's file, as `python -m` does
+            capfd.readouterr()
+            try:
+                with warnings.catch_warnings():  # the module was imported before (by the tests): run it again
+                    warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+                    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            finally:
+                out, err = capfd.readouterr()
+                for lg, handlers, level, propagate, disabled in saved:
+                    lg.handlers[:], lg.level, lg.propagate, lg.disabled = handlers, level, propagate, disabled
+                for lg in set(logging.Logger.manager.loggerDict.values()) - set(loggers):  # made by the call
+                    if isinstance(lg, logging.Logger):
+                        lg.handlers.clear()
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run
 
 
 @pytest.fixture

@@ -242,8 +242,7 @@ def test_cli_end_to_end(tmp_path, fixture_data_dir):
     assert f"| {near} of {2 * inh['n_head']} |" in table  # near-rank-1 heads per tau, of all heads
 
 
-@pytest.mark.subprocess
-def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
+def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir, run_in_process):
     ckpt = save_tiny_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tiny_gpt(2))
     with pytest.raises(AnalysisError, match="does not exist"):
         analyze_checkpoint({"a": ckpt}, tmp_path / "no-data", tmp_path / "out")
@@ -253,8 +252,10 @@ def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
     with pytest.raises(AnalysisError, match="vocab_size=300"):
         analyze_checkpoint({"a": small_vocab}, fixture_data_dir, tmp_path / "out", seq_len=16)
     assert not (tmp_path / "out").exists()
-    # and through the CLI: a one-line message, no traceback
-    missing = run_cli(f"ckpt={tmp_path / 'nope.ckpt'}", f"data_dir={fixture_data_dir}")
+    # and through the CLI (in this process; test_cli_errors.py runs the analyze CLI as a real interpreter): a
+    # one-line message, no traceback
+    missing = run_in_process(["lit_inheritune.analyze", f"ckpt={tmp_path / 'nope.ckpt'}",
+                              f"data_dir={fixture_data_dir}"], tmp_path)
     assert missing.returncode != 0 and "error: checkpoint file(s) not found" in missing.stderr
     assert "Traceback" not in missing.stderr
 

@@ -1,9 +1,6 @@
 """Growth inside one fit (training/grow.py) and methods built by Hydra (methods.py)."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -147,17 +144,17 @@ tag: embedding_only-L${method.n_layer}
 """
 
 
-@pytest.mark.subprocess
-def test_a_new_method_is_a_config_file_and_a_class(tmp_path, fixture_data_dir):
+def test_a_new_method_is_a_config_file_and_a_class(tmp_path, fixture_data_dir, shared_reference, run_in_process):
+    """`python -m lit_inheritune` (run in this process, where this module is importable as test_grow) runs a method
+    from a config file on the search path and a class of its own, after the reference (found trained)."""
     conf = tmp_path / "conf"
     (conf / "method").mkdir(parents=True)
     (conf / "method" / "embedding_only.yaml").write_text(METHOD_YAML)
-    cmd = [sys.executable, "-m", "lit_inheritune", f"hydra.searchpath=[file://{conf}]", "method=embedding_only",
-           *TINY, "model.n_layer=4", "train.max_steps=10", "train.val_every_n_steps=10",
-           f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=new"]
-    tests_dir = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    args = [f"hydra.searchpath=[file://{conf}]", "method=embedding_only", *TINY, "model.n_layer=4",
+            "train.max_steps=10", "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}",
+            f"data.data_dir={fixture_data_dir}", "name=new"]
+    shared_reference(compose(args))
+    out = run_in_process(["lit_inheritune", *args], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[new] stage 2 of 2: embedding-L2 (the reference's token embedding only), 10 steps" in out.stdout
     stage = tmp_path / "outputs" / "new" / "embedding_only-L2-s1" / "embedding-L2"
