@@ -108,7 +108,7 @@ def shared_reference(_trained_references):
     The directory is a copy of one trained under the same identity earlier in the session, by the recipe's own
     obtain_reference with this config (only paths.log_dir elsewhere); one a test changes stays its own. The run
     refuses the copy if its identity is not the one `cfg` asks for, so a test never silently uses another
-    reference. Returns `cfg`."""
+    reference. Call it before patching anything training uses (the first call may train). Returns `cfg`."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
