@@ -5,6 +5,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test workers (pytest-xdist): one per core (-n auto); each worker then runs torch on cores / workers threads
+# (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: install demo test test-slow lint bench reproduce-cpu clean
 
@@ -23,8 +26,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m lit_inheritune experiment=demo
 
+# Markers (pyproject.toml) select, e.g. `-m "not distributed"`; `make test` runs every tier but `slow`.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -1,5 +1,10 @@
-"""Tests run offline and write only below pytest's tmp dirs."""
+"""Tests run offline and write only below pytest's tmp dirs.
 
+`make test` runs them on pytest-xdist workers, one per core (-n auto): each worker, and every interpreter a test
+starts, then runs torch on its share of the cores; session fixtures (the prepared fixture corpus, the trained
+references) are built once per worker, below that worker's own tmp dir."""
+
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -8,6 +13,18 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# pytest-xdist sets the worker count before this file is imported; one process alone keeps up to two threads.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the interpreters the tests start inherit it
+
+import logging  # noqa: E402
+import runpy  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -15,7 +32,15 @@ import torch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the long tests first (several processes, the GGUF, a fresh interpreter), the others in
+    their files' order: the workers then end on short tests, at about the same time."""
+    if WORKERS > 1:
+        light = lambda item: not any(item.get_closest_marker(m) for m in ("distributed", "gguf", "subprocess"))
+        items.sort(key=light)  # stable: the heavy (light False) first, each group in collection order
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +53,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(root / "wandb-config"))
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("MPLCONFIGDIR", str(root / "mpl"))
+    if "datasets" in sys.modules:  # imported while collecting (lm_eval): it read its cache paths then, from ~/.cache
+        config = sys.modules["datasets"].config
+        monkeypatch.setattr(config, "HF_DATASETS_CACHE", root / "hf" / "datasets")
+        monkeypatch.setattr(config, "DOWNLOADED_DATASETS_PATH", root / "hf" / "datasets" / "downloads")
+        monkeypatch.setattr(config, "EXTRACTED_DATASETS_PATH", root / "hf" / "datasets" / "downloads" / "extracted")
 
 
 # Overrides for a run of seconds on the fixture corpus.
@@ -60,6 +90,94 @@ def _plain(node):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def _trained_references(tmp_path_factory):
+    """A reference's identity (as JSON) -> its stage directory, trained once per session (per xdist worker)."""
+    return tmp_path_factory.mktemp("references"), {}
+
+
+@pytest.fixture
+def shared_reference(_trained_references):
+    """`shared_reference(cfg)`: the reference stage `cfg` would train first (the experiment's scratch run of the
+    reference's depth, steps and seed) put in place already trained, as a sweep's earlier job would have left it,
+    so `run(cfg)` finds it done (training/identity.py) and trains only what the test is about. For tests whose
+    point is not the reference's own training (that is tested in test_inheritune.py, test_run_identity.py).
+
+    The directory is a copy of one trained under the same identity earlier in the session, by the recipe's own
+    obtain_reference with this config (only paths.log_dir elsewhere); one a test changes stays its own. The run
+    refuses the copy if its identity is not the one `cfg` asks for, so a test never silently uses another
+    reference. Call it before patching anything training uses (the first call may train). Returns `cfg`."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lit_inheritune.methods import make_run, obtain_reference, reference_stage
+
+    root, trained = _trained_references
+
+    def populate(cfg):
+        stage = reference_stage(make_run(cfg))
+        assert stage is not None, "this config gives its reference (a checkpoint, a pretrained model): none to share"
+        key = json.dumps(stage.identity, sort_keys=True, default=str)
+        if key not in trained:
+            train_cfg = OmegaConf.merge(cfg, {"paths": {"log_dir": str(root / f"r{len(trained)}")}})
+            datamodule = instantiate(train_cfg.data)
+            datamodule.prepare_data()
+            train_run = make_run(train_cfg)
+            obtain_reference(train_run, datamodule)
+            trained[key] = reference_stage(train_run).dir
+        source, dest = trained[key], stage.dir
+        assert not dest.exists(), dest
+        shutil.copytree(source, dest)
+        result = json.loads((dest / "result.json").read_text())
+        for name in ("last_checkpoint", "best_checkpoint"):  # the paths the run recorded, as if trained here
+            if result.get(name):
+                result[name] = str(dest / Path(result[name]).relative_to(source))
+        (dest / "result.json").write_text(json.dumps(result))
+        return cfg
+
+    return populate
+
+
+@pytest.fixture
+def run_in_process(monkeypatch, capfd):
+    """`run_in_process([module, *args], cwd, **env)`: what `python -m module args...` run from `cwd` with
+    LIT_INHERITUNE_ROOT=cwd (and `env`) does, in this process: runpy runs the module as __main__, as the
+    interpreter would, with sys.argv, the working directory and the environment set for the call. Returns a
+    CompletedProcess: the exit code (a SystemExit's, else 0) and what was written to stdout and stderr. An
+    exception that escapes (a bug, or a traceback asked for with HYDRA_FULL_ERROR=1) propagates. Loggers are
+    restored afterwards (Hydra configures logging for a sweep). tests/test_cli_errors.py runs one case per
+    entry point as a real subprocess too."""
+
+    def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+        loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger))]
+        saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+        code = 0
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            m.delenv("HYDRA_FULL_ERROR", raising=False)
+            for key, value in {"LIT_INHERITUNE_ROOT": str(cwd), **env}.items():
+                m.setenv(key, value)
+            m.setattr(sys, "argv", list(argv))  # runpy sets argv[0] to the module's file, as `python -m` does
+            capfd.readouterr()
+            try:
+                with warnings.catch_warnings():  # the module was imported before (by the tests): run it again
+                    warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+                    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            finally:
+                out, err = capfd.readouterr()
+                for lg, handlers, level, propagate, disabled in saved:
+                    lg.handlers[:], lg.level, lg.propagate, lg.disabled = handlers, level, propagate, disabled
+                for lg in set(logging.Logger.manager.loggerDict.values()) - set(loggers):  # made by the call
+                    if isinstance(lg, logging.Logger):
+                        lg.handlers.clear()
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,17 +209,13 @@ def save_tiny_checkpoint(path: Path, model: GPT) -> Path:
     return path
 
 
-def run_cli(*overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "lit_inheritune.analyze", *overrides], capture_output=True,
-                          text=True, env=env, timeout=120)
-
-
-def test_cli_end_to_end(tmp_path, fixture_data_dir):
+def test_cli_end_to_end(tmp_path, fixture_data_dir, run_in_process):
+    """`python -m lit_inheritune.analyze`, run in this process (conftest.run_in_process; test_cli_errors.py runs the
+    analyze CLI as a real interpreter)."""
     first = save_tiny_checkpoint(tmp_path / "runs" / "vanilla-s1" / "checkpoints" / "last.ckpt", tiny_gpt(3))
     second = save_tiny_checkpoint(tmp_path / "runs" / "inh-s1" / "checkpoints" / "last.ckpt", tiny_gpt(2))
-    done = run_cli(f"ckpt={first}", f"+ckpts.inheritune={second}", f"data_dir={fixture_data_dir}",
-                   "n_seq=6", "seq_len=16", "grad_batch_size=2")
+    done = run_in_process(["lit_inheritune.analyze", f"ckpt={first}", f"+ckpts.inheritune={second}",
+                           f"data_dir={fixture_data_dir}", "n_seq=6", "seq_len=16", "grad_batch_size=2"], tmp_path)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "runs" / "vanilla-s1" / "analysis"  # default: next to the first checkpoint's run dir
     result = json.loads((out / "analysis.json").read_text())
@@ -240,7 +233,7 @@ def test_cli_end_to_end(tmp_path, fixture_data_dir):
     assert f"| {near} of {2 * inh['n_head']} |" in table  # near-rank-1 heads per tau, of all heads
 
 
-def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
+def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir, run_in_process):
     ckpt = save_tiny_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tiny_gpt(2))
     with pytest.raises(AnalysisError, match="does not exist"):
         analyze_checkpoint({"a": ckpt}, tmp_path / "no-data", tmp_path / "out")
@@ -250,8 +243,9 @@ def test_bad_requests_fail_clearly_before_compute(tmp_path, fixture_data_dir):
     with pytest.raises(AnalysisError, match="vocab_size=300"):
         analyze_checkpoint({"a": small_vocab}, fixture_data_dir, tmp_path / "out", seq_len=16)
     assert not (tmp_path / "out").exists()
-    # and through the CLI: a one-line message, no traceback
-    missing = run_cli(f"ckpt={tmp_path / 'nope.ckpt'}", f"data_dir={fixture_data_dir}")
+    # and through the CLI (in this process, as above): a one-line message, no traceback
+    missing = run_in_process(["lit_inheritune.analyze", f"ckpt={tmp_path / 'nope.ckpt'}",
+                              f"data_dir={fixture_data_dir}"], tmp_path)
     assert missing.returncode != 0 and "error: checkpoint file(s) not found" in missing.stderr
     assert "Traceback" not in missing.stderr
 

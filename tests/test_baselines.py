@@ -55,8 +55,9 @@ def test_stacking_trains_half_depth_then_the_stacked_model(tmp_path, fixture_dat
 
 @pytest.mark.parametrize("attn_scale, scales", [("position", [0, 1, 2, 3]), ("source", [0, 1, 0, 1])])
 def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_data_dir, initial_models, attn_scale,
-                                                             scales):
-    cfg = _cfg(tmp_path, fixture_data_dir, "hybrid_stacking", "method.n_layer=4", f"method.attn_scale={attn_scale}")
+                                                             scales, shared_reference):
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "hybrid_stacking", "method.n_layer=4",
+                                f"method.attn_scale={attn_scale}"))
     [hybrid] = run(cfg)
     assert hybrid["n_layer"] == 4
     reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
@@ -70,8 +71,8 @@ def test_hybrid_stacking_repeats_the_references_first_blocks(tmp_path, fixture_d
     assert [b.layer_idx for b in start.transformer.h] == scales  # method.attn_scale reached the surgery
 
 
-def test_half_width_starts_from_the_sliced_reference(tmp_path, fixture_data_dir, initial_models):
-    cfg = _cfg(tmp_path, fixture_data_dir, "half_width")
+def test_half_width_starts_from_the_sliced_reference(tmp_path, fixture_data_dir, initial_models, shared_reference):
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "half_width"))
     [half] = run(cfg)
     reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     start = initial_models["halfwidth-L4-d16"]
@@ -104,9 +105,10 @@ def test_distilbert_default_mapping_is_the_papers_for_medium():
 
 
 @pytest.mark.parametrize("method, overrides", [("kd", []), ("distilbert_kd", ["method.attn_scale=source"])])
-def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, initial_models, method, overrides):
-    cfg = _cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2", "optim.min_lr=1e-4", "method.min_lr=2e-4",
-               *overrides)
+def test_distillation_runs_and_saves_only_the_student(tmp_path, fixture_data_dir, initial_models, method, overrides,
+                                                     shared_reference):
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, method, "method.n_layer=2", "optim.min_lr=1e-4",
+                                "method.min_lr=2e-4", *overrides))
     [result] = run(cfg)
     ckpt = torch.load(result["last_checkpoint"], weights_only=True)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])

@@ -1,5 +1,7 @@
 """Bad input through every command-line entry point (issue #12): one line `error: ...` on stderr naming the key
-or file, exit code 2, no traceback, and nothing created or changed on disk. Each case is a real subprocess."""
+or file, exit code 2, no traceback, and nothing created or changed on disk. Each case runs `python -m <entry point>`
+in this process (conftest.run_in_process); one case per entry point also runs as a real subprocess, so the exit
+code and the single stderr line are checked end to end."""
 
 import json
 import os
@@ -152,6 +154,13 @@ CASES = {
 }
 
 
+# One case per entry point (python -m lit_inheritune, .evaluate, .export, .analyze, .report, .data.prepare), run as a
+# real interpreter as well as in this process. For training, a check of the Hydra callback that runs before any
+# run directory exists (a second, not the ~10 s of a case that imports torch and Lightning first).
+SUBPROCESS_CASES = ("negative_steps", "evaluate_unknown_task", "export_out_exists", "analyze_missing_data",
+                    "report_not_a_group", "prepare_no_such_corpus")
+
+
 def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
     """Every directory below the roots, and every file with its size and modification time."""
     seen = {}
@@ -168,8 +177,7 @@ def run_cli(argv: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, work, tmp_path):
+def check_bad_input(case: str, work: dict[str, Path], tmp_path: Path, run) -> None:
     argv, fragments = CASES[case]
     names = {k: str(v) for k, v in work.items()}
     argv = [a.format(case=tmp_path, **names) for a in argv]
@@ -177,7 +185,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, work, tmp_
         argv += [f"paths.root_dir={tmp_path}"] + ([] if any("data.data_dir" in a for a in argv)
                                                    else [f"data.data_dir={work['data']}"])
     before = snapshot(tmp_path, work["root"], work["data"])
-    done = run_cli(argv, cwd=tmp_path)
+    done = run(argv, cwd=tmp_path)
 
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -188,25 +196,40 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, work, tmp_
     assert snapshot(tmp_path, work["root"], work["data"]) == before  # no run, stage, data or output directory
 
 
-def test_resuming_a_stage_whose_checkpoint_is_truncated_names_it_before_compute(work, tmp_path):
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(case, work, tmp_path, run_in_process):
+    check_bad_input(case, work, tmp_path, run_in_process)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("case", SUBPROCESS_CASES)
+def test_bad_input_through_a_real_interpreter(case, work, tmp_path):
+    check_bad_input(case, work, tmp_path, run_cli)
+
+
+def test_resuming_a_stage_whose_checkpoint_is_truncated_names_it_before_compute(work, tmp_path, run_in_process):
     stage = tmp_path / "outputs" / "default" / "scratch-L2-T40-s1"  # the run dir of TINY's scratch run
     shutil.copytree(work["truncated"].parent.parent, stage, ignore=shutil.ignore_patterns("config.yaml"))
     before = snapshot(tmp_path)
-    done = run_cli(train(f"paths.root_dir={tmp_path}", f"data.data_dir={work['data']}", "resume=true"), tmp_path)
+    done = run_in_process(train(f"paths.root_dir={tmp_path}", f"data.data_dir={work['data']}", "resume=true"),
+                          tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert re.fullmatch(r"error: checkpoint \S+/scratch-L2-T40-s1/checkpoints/last.ckpt is corrupt .*; use \S+best"
                         r"\.ckpt .* or remove \S+/scratch-L2-T40-s1 to train that stage again\n", done.stderr)
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.subprocess
 def test_hydra_full_error_shows_the_traceback(tmp_path):
+    """A real interpreter: the traceback is the interpreter's, printed for the error run_cli lets escape (this case
+    fails in its first second, before torch is imported)."""
     done = run_cli(train("train.max_steps=-20"), tmp_path, HYDRA_FULL_ERROR="1")
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "ConfigError: train.max_steps=-20 must be positive" in done.stderr
 
 
-def test_help_describes_the_tool_groups_experiments_and_companion_commands(tmp_path):
-    done = run_cli(["lit_inheritune", "--help"], tmp_path)
+def test_help_describes_the_tool_groups_experiments_and_companion_commands(tmp_path, run_in_process):
+    done = run_in_process(["lit_inheritune", "--help"], tmp_path)
     assert done.returncode == 0 and not done.stderr
     text = done.stdout
     assert text.startswith("lit_inheritune: the Inheritune paper (arXiv 2404.08634)")
@@ -220,24 +243,24 @@ def test_help_describes_the_tool_groups_experiments_and_companion_commands(tmp_p
     assert not list(tmp_path.iterdir())  # --help writes nothing
 
 
-def test_help_is_what_hydras_own_help_renders(tmp_path):
+def test_help_is_what_hydras_own_help_renders(tmp_path, monkeypatch, capfd, run_in_process):
     """`--help` answers without importing Hydra (__main__.app_help); it must print what Hydra's --help would."""
-    hydra_help = """
-import sys
-import hydra
-from lit_inheritune.config import CONFIG_DIR
+    import hydra
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
-def task(cfg):
-    pass
+    from lit_inheritune.config import CONFIG_DIR
 
-sys.argv = ["lit_inheritune", "--help"]
-task()
-"""
-    done = subprocess.run([sys.executable, "-c", hydra_help], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert run_cli(["lit_inheritune", "--help"], tmp_path).stdout == done.stdout
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    def task(cfg):
+        pass
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lit_inheritune", "--help"])
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        task()
+    hydras = capfd.readouterr()
+    assert exit.value.code == 0, hydras.err
+    assert run_in_process(["lit_inheritune", "--help"], tmp_path).stdout == hydras.out
 
 
 def test_every_error_class_of_the_package_is_an_expected_failure():

@@ -57,7 +57,7 @@ def test_a_given_reference_has_no_known_cost(tmp_path):
     assert stage_flops(ids["round1-L4"]) > 0 and cumulative_flops(ids["round1-L4"]) is None
 
 
-def test_report_counts_the_compute_to_match_the_reference(tmp_path, fixture_data_dir):
+def test_report_counts_the_compute_to_match_the_reference(tmp_path, fixture_data_dir, shared_reference):
     """A real tiny Algorithm-1 run whose round 1 matches (tolerance 10): the report's growth table counts the
     reference's training and round 1's, once each."""
     from conftest import TINY
@@ -69,7 +69,7 @@ def test_report_counts_the_compute_to_match_the_reference(tmp_path, fixture_data
                    "method.n_layer=1", "method.grow_by=1", "method.max_layers=2", "method.tolerance=10",
                    "train.max_steps=10", "train.val_every_n_steps=10", "reference.max_steps=20", "name=cost"])
     stages = {s.name: s.identity for s in plan(cfg)}
-    run(cfg)
+    run(shared_reference(cfg))
     group = tmp_path / "outputs" / "cost"
     lines = growth_cost(group, collect(group))
     expected = cumulative_flops(stages["round1-L1"])

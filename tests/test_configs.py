@@ -82,6 +82,7 @@ def _reproduce_phases():
     return [[line.split() for line in phase.strip().splitlines()] for phase in out.split("--\n")]
 
 
+@pytest.mark.subprocess
 def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an_earlier_phase():
     from lit_inheritune.methods import reference_dir
 
@@ -105,6 +106,7 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
     assert phases[0] == [["experiment=cpu_medium", "method=scratch", "train.max_steps=1500", "seed=0"]]
 
 
+@pytest.mark.subprocess
 def test_reproduce_cpu_trains_the_scratch_5l_rows_only_when_a_seed_reached_round_2(tmp_path):
     """The whole script with a stub for python that records each command: pool 3 (the scratch 5L rows) runs
     only once some seed of the Medium-like twin has a round2-L5 (another run's round 2 does not count)."""

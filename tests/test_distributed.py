@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
+# Each test launches `python -m lit_inheritune` with two training processes.
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
+
 
 def test_inheritune_grow_under_ddp_keeps_ranks_identical(tmp_path, fixture_data_dir):
     cmd = [sys.executable, "-m", "lit_inheritune", *TINY, "trainer=ddp_cpu", "method=inheritune",

@@ -5,8 +5,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -167,13 +165,13 @@ def write_run(stage_dir: Path, data_dir: Path) -> Path:
     return ckpt
 
 
-def test_cli_evaluates_a_run_checkpoint_with_its_datasets_tokenizer(tmp_path, fixture_data_dir):
+def test_cli_evaluates_a_run_checkpoint_with_its_datasets_tokenizer(tmp_path, fixture_data_dir, run_in_process):
+    """`python -m lit_inheritune.evaluate`, run in this process (conftest.run_in_process; test_cli_errors.py runs
+    the evaluate CLI as a real interpreter)."""
     # data_dir is found through the run's config.yaml, its manifest names the BPE, and the tasks are local
     ckpt = write_run(tmp_path / "runs" / "scratch-L2-s1", fixture_data_dir)
-    cmd = [sys.executable, "-m", "lit_inheritune.evaluate", f"ckpt={ckpt}", f"include_path={TASKS_DIR}",
-           "tasks=[arc_mini,lambada_mini]", "bootstrap_iters=0", "batch_size=4", "device=cpu"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_in_process(["lit_inheritune.evaluate", f"ckpt={ckpt}", f"include_path={TASKS_DIR}",
+                           "tasks=[arc_mini,lambada_mini]", "bootstrap_iters=0", "batch_size=4", "device=cpu"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "runs" / "scratch-L2-s1" / "eval"  # default: next to checkpoints/
     report = json.loads((out / "results.json").read_text())

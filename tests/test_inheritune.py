@@ -55,12 +55,13 @@ def _state(path):
 
 @pytest.mark.parametrize("grow_mode", ["reinherit", "append"])
 def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_weights(tmp_path, fixture_data_dir,
-                                                                                      monkeypatch, grow_mode, capsys):
+                                                                                      monkeypatch, grow_mode, capsys,
+                                                                                      shared_reference):
     """Rounds 1 and 2 are one fit. Killed at step 35 (round 2, 3 layers; its last checkpoint at step 30), the
     resumed fit rebuilds the 3-layer model before loading its weights and optimizer, and ends with the weights,
     val losses and log rows of a run that was never killed. Round 1 is not trained again."""
-    whole = run(_cfg(tmp_path / "whole", fixture_data_dir, f"method.grow_mode={grow_mode}"))
-    cfg = _cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}")
+    whole = run(shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, f"method.grow_mode={grow_mode}")))
+    cfg = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}"))
     original = runner._callbacks
     monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
         [_SlowFrom(20, until=30), _KillAtStep(35)] if k.get("growing") else [])])
@@ -103,8 +104,8 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in results]  # done: read, not trained
 
 
-def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir):
-    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "method.scratch_baselines=[20,40]")
+def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir, shared_reference):
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "method.scratch_baselines=[20,40]"))
     results = run(cfg)
     assert [r["stage"] for r in results] == ["round1-L2", "scratch-L2-T20", "scratch-L2-T40"]
     assert results[0]["matched"]
@@ -185,8 +186,8 @@ def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixtur
         run(_cfg(tmp_path, fixture_data_dir, "reference=ckpt", f"reference.ckpt={ref['last_checkpoint']}"))
 
 
-def test_analyze_true_analyses_reference_and_stages(tmp_path, fixture_data_dir):
-    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "analyze=true", "analysis.n_seq=4")
+def test_analyze_true_analyses_reference_and_stages(tmp_path, fixture_data_dir, shared_reference):
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "analyze=true", "analysis.n_seq=4"))
     run(cfg)
     out = Path(cfg.run_dir) / "analysis"
     report = json.loads((out / "analysis.json").read_text())
@@ -218,10 +219,11 @@ PARTS = {"block": ("ln_1", "attn", "ln_2", "mlp"), "attn": ("ln_1", "attn"), "ml
     (["method.blocks=[3,1]"], [3, 1], "block", False, False, [0, 1]),
 ], ids=["first-n", "attn+wpe+ln_f", "mlp", "blocks-2-3-source-scale", "blocks-3-1"])
 def test_round_one_starts_from_the_reference_as_configured(tmp_path, fixture_data_dir, initial_models, overrides,
-                                                           sources, parts, copy_wpe, copy_ln_f, scales):
+                                                           sources, parts, copy_wpe, copy_ln_f, scales,
+                                                           shared_reference):
     """The model round 1 trains from is the trained reference's chosen parts of the chosen blocks, the token
     embedding, wpe / ln_f only when asked, and a fresh init everywhere else; method.* reaches the surgery."""
-    cfg = _cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "train.max_steps=10", *overrides)
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "method.tolerance=100", "train.max_steps=10", *overrides))
     run(cfg)
     reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     start, fresh = initial_models["round1-L2"], _fresh(reference, 2, cfg.seed)
@@ -243,10 +245,10 @@ def test_round_one_starts_from_the_reference_as_configured(tmp_path, fixture_dat
 
 @pytest.mark.parametrize("grow_mode", ["reinherit", "append"])
 def test_growth_round_starts_from_the_reference_or_the_trained_target(tmp_path, fixture_data_dir, initial_models,
-                                                                      grow_mode):
+                                                                      grow_mode, shared_reference):
     """reinherit: round 2 is a fresh inheritance of reference blocks 0..2 (the paper); append: round 1's trained
     model (blocks, embeddings, final norm) with reference block 2 appended."""
-    cfg = _cfg(tmp_path, fixture_data_dir, f"method.grow_mode={grow_mode}", "train.max_steps=10")
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, f"method.grow_mode={grow_mode}", "train.max_steps=10"))
     first, _ = run(cfg)
     reference = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt")
     trained = load_checkpoint(first["last_checkpoint"])

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "lit_inheritune"
 NAME = "lit_inheritune"
 MODELS = f"{NAME}.models"
@@ -138,6 +140,7 @@ def test_only_the_models_package_imports_a_model_family_and_no_is_hf_branch_is_l
     assert not {m for m in graph[f"{NAME}.tokenizer"] if m == MODELS or m.startswith(MODELS + ".")}
 
 
+@pytest.mark.subprocess
 def test_the_interface_and_the_checks_load_no_torch():
     """The config checks run before torch is imported (the start-up bar of issue #12), model families and all."""
     code = ("import sys, lit_inheritune.checks, lit_inheritune.models, lit_inheritune.tokenizer; "

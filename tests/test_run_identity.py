@@ -124,6 +124,7 @@ def test_resume_keeps_one_wandb_run(tmp_path, fixture_data_dir, monkeypatch, cap
     assert ids == {(Path(cfg.run_dir) / runner.WANDB_ID_FILE).read_text().strip()}
 
 
+@pytest.mark.subprocess
 def test_a_four_stage_run_prints_a_header_per_stage_and_little_else(tmp_path, fixture_data_dir):
     """Algorithm 1 through the CLI with W&B on (offline): reference, two rounds, a scratch baseline."""
     import subprocess

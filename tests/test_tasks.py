@@ -3,11 +3,8 @@ short enough for a 128-token block, scored through lm-eval offline and through `
 
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import lm_eval
 import pytest
@@ -122,14 +119,15 @@ def test_lm_eval_scores_the_task_offline_as_the_models_own_greedy_and_log_probs(
     assert scores["perplexity,none"] == pytest.approx(math.exp(-sum(logprobs) / N), rel=1e-4)
 
 
-def test_evaluate_builds_lastword_for_the_checkpoints_dataset_and_reuses_it(tmp_path, fixture_data_dir):
+def test_evaluate_builds_lastword_for_the_checkpoints_dataset_and_reuses_it(tmp_path, fixture_data_dir,
+                                                                            run_in_process):
+    """`python -m lit_inheritune.evaluate tasks=[lastword]`, run in this process (test_evaluate.py runs the evaluate
+    CLI as a real interpreter)."""
     data_dir = tmp_path / "fixture-bpe512"  # a copy: the task is written into <data_dir>/tasks/
     shutil.copytree(fixture_data_dir, data_dir)
     ckpt = write_run(tmp_path / "runs" / "scratch-L2-s1", data_dir)
-    cmd = [sys.executable, "-m", "lit_inheritune.evaluate", f"ckpt={ckpt}", "tasks=[lastword]", f"lastword.n={N}",
-           "bootstrap_iters=0", "device=cpu", f"out={tmp_path / 'eval'}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = run_in_process(["lit_inheritune.evaluate", f"ckpt={ckpt}", "tasks=[lastword]", f"lastword.n={N}",
+                           "bootstrap_iters=0", "device=cpu", f"out={tmp_path / 'eval'}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "results.json").read_text())
     scores = report["results"][TASK]

@@ -4,8 +4,6 @@ import csv
 import hashlib
 import json
 import math
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -152,12 +150,12 @@ def test_model_vocab_smaller_than_data_vocab_is_a_clear_error(tmp_path, fixture_
         run(_cfg(tmp_path, fixture_data_dir, "model.vocab_size=256"))
 
 
-def test_cli_multirun_over_seeds(tmp_path, fixture_data_dir):
-    """The thin __main__: a Hydra multirun of two seeds, each ending in its summary line."""
-    cmd = [sys.executable, "-m", "lit_inheritune", "-m", *TINY, "train.max_steps=10",
-           "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}",
-           "name=cli", "seed=1,2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def test_cli_multirun_over_seeds(tmp_path, fixture_data_dir, run_in_process):
+    """The thin __main__ (run in this process, as `python -m lit_inheritune` runs it): a Hydra multirun of two
+    seeds, each ending in its summary line."""
+    argv = ["lit_inheritune", "-m", *TINY, "train.max_steps=10", "train.val_every_n_steps=10",
+            f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=cli", "seed=1,2"]
+    out = run_in_process(argv, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("[cli] scratch")]
     assert len(lines) == 2, out.stdout

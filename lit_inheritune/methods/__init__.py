@@ -15,6 +15,7 @@ from lit_inheritune.methods.base import (
     load_method,
     make_run,
     method_class,
+    obtain_reference,
     random_model,
     reference_identity,
     reference_stage,
@@ -48,6 +49,6 @@ def reference_dir(cfg):
 
 __all__ = [
     "BUILT_IN", "DistilBertKD", "FromReference", "HalfWidth", "HybridStacking", "Inheritune", "LogitKD", "Method",
-    "Reference", "Run", "Scratch", "Stacking", "Stage", "derived_stage", "load_method", "make_run", "method_class",
+    "Reference", "Run", "Scratch", "Stacking", "Stage", "derived_stage", "load_method", "make_run", "method_class", "obtain_reference",
     "method_by_name", "random_model", "reference_dir", "reference_identity", "reference_stage", "scratch_dir", "scratch_stage", "seeds_text",
 ]
