@@ -140,15 +140,22 @@ def shared_reference(_trained_references):
     return populate
 
 
+# A fresh interpreter's warning filters (no -W options): shown once per place, but for these.
+PYTHON_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                          ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                          ("ignore", ResourceWarning, "")]
+
+
 @pytest.fixture
 def run_in_process(monkeypatch, capfd):
     """`run_in_process([module, *args], cwd, **env)`: what `python -m module args...` run from `cwd` with
     LIT_INHERITUNE_ROOT=cwd (and `env`) does, in this process: runpy runs the module as __main__, as the
     interpreter would, with sys.argv, the working directory and the environment set for the call. Returns a
-    CompletedProcess: the exit code (a SystemExit's, else 0) and what was written to stdout and stderr. An
-    exception that escapes (a bug, or a traceback asked for with HYDRA_FULL_ERROR=1) propagates. Loggers are
-    restored afterwards (Hydra configures logging for a sweep). tests/test_cli_errors.py runs one case per
-    entry point as a real subprocess too."""
+    CompletedProcess: the exit code (a SystemExit's, else 0) and what was written to stdout and stderr, the
+    warnings a fresh interpreter would print (its default filters) included. An exception that escapes (a bug,
+    or a traceback asked for with HYDRA_FULL_ERROR=1) propagates. Loggers are restored afterwards (Hydra
+    configures logging for a sweep). tests/test_cli_errors.py runs one case per entry point as a real subprocess
+    too."""
 
     def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
         loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
@@ -163,9 +170,17 @@ def run_in_process(monkeypatch, capfd):
             m.setattr(sys, "argv", list(argv))  # runpy sets argv[0] to the module's file, as `python -m` does
             capfd.readouterr()
             try:
-                with warnings.catch_warnings():  # the module was imported before (by the tests): run it again
+                with warnings.catch_warnings(record=True) as shown:
+                    warnings.resetwarnings()  # Python's own filters, not pytest's, for what the interpreter prints
+                    for action, category, module in PYTHON_WARNING_FILTERS:
+                        warnings.filterwarnings(action, category=category, module=module, append=True)
+                    # the module was imported before (by the tests): runpy warns that it runs it again
                     warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
-                    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+                    try:
+                        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+                    finally:
+                        for w in shown:
+                            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
             except SystemExit as exit:
                 code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
             finally:
