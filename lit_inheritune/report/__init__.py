@@ -4,10 +4,12 @@ claims (paper/suites.yaml) and writes tables.md; plots.py draws the figures. The
 
 from lit_inheritune.report.claims import (
     COMPUTE_NOTE,
-    NOISE_FACTOR,
+    TEST_NOTE,
     claim_verdict,
     growth_cost,
+    judge_checks,
     not_run_reason,
+    paper_noise,
     paper_verdict,
     row_compute,
     suite_markdown,
@@ -26,7 +28,8 @@ from lit_inheritune.report.runs import (
 )
 
 __all__ = [
-    "COMPUTE_NOTE", "NOISE_FACTOR", "check_seeds_agree", "claim_verdict", "collect", "growth_cost", "last_word_acc",
-    "markdown_table", "paper_verdict", "plot_compute", "plot_curves", "plot_growth", "not_run_reason",
+    "COMPUTE_NOTE", "TEST_NOTE", "check_seeds_agree", "claim_verdict", "collect", "growth_cost", "judge_checks",
+    "last_word_acc",
+    "markdown_table", "paper_noise", "paper_verdict", "plot_compute", "plot_curves", "plot_growth", "not_run_reason",
     "row_compute", "suite_markdown", "suite_tables", "summarize", "val_curve", "write_report", "write_suite",
 ]

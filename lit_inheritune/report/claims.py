@@ -14,7 +14,7 @@ import yaml
 from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
 from lit_inheritune.methods import method_by_name, seeds_text
 from lit_inheritune.paper import HERE as PAPER_DIR
-from lit_inheritune.paper import published
+from lit_inheritune.paper import official_curves, published
 from lit_inheritune.provenance import provenance
 from lit_inheritune.report.plots import plot_compute, plot_curves, plot_growth
 from lit_inheritune.report.runs import (
@@ -25,6 +25,7 @@ from lit_inheritune.report.runs import (
     last_word_acc,
     val_curve,
 )
+from lit_inheritune.report.stats import ALPHA, compare
 from lit_inheritune.training.identity import IDENTITY_FILE
 
 
@@ -36,9 +37,10 @@ def _paper_row(path: str) -> dict:
     return node
 
 
-def _ours(row: dict, runs: list[dict]) -> list[float]:
-    """The row's val loss, one value per seed that has it (final, or read off the curve at `at_step`)."""
-    values = []
+def _ours(row: dict, runs: list[dict]) -> tuple[list[float], list]:
+    """The row's val loss, one value per seed that has it (final, or read off the curve at `at_step`), and those
+    seeds in the same order (a paired test matches them)."""
+    values, seeds = [], []
     for run in runs:
         if run["label"] != row["run"]:
             continue
@@ -46,9 +48,11 @@ def _ours(row: dict, runs: list[dict]) -> list[float]:
             value = val_curve(run["dir"]).get(int(row["at_step"]))
             if value is not None:
                 values.append(value)
+                seeds.append(run["seed"])
         else:
             values.append(run["val_loss"])
-    return values
+            seeds.append(run["seed"])
+    return values, seeds
 
 
 def _fmt_acc(values: list[float]) -> str:
@@ -61,39 +65,61 @@ def _fmt_acc(values: list[float]) -> str:
 
 def _fmt(values: list[float]) -> str:
     if not values:
-        return "missing"
+        return "not run"
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
-# A difference between our rows counts only when it exceeds the seeds' noise: more than NOISE_FACTOR times the
-# pooled sample std over seeds, sqrt(mean of the two sides' variances). A side measured once (the shared
-# reference) takes its noise from the other side; with one value on both sides the noise is unknown.
-NOISE_FACTOR = 2.0
-
-
-def claim_verdict(lhs: list[float], rhs: list[float]) -> dict:
-    """Whether `lhs` is lower (better) than `rhs`: holds, fails, or a tie within the seeds' noise."""
+def claim_verdict(lhs: list[float], rhs: list[float], lhs_seeds: list | None = None,
+                  rhs_seeds: list | None = None) -> dict:
+    """Whether `lhs` is lower (better) than `rhs`: holds or fails when the difference is significant (stats.py:
+    the test that fits what was measured, two-sided, p < ALPHA), a tie otherwise; untested with one value each."""
     if not lhs or not rhs:
-        return {"verdict": "missing", "margin": None, "noise": None}
+        return {"verdict": "missing", "margin": None, "test": None, "p": None}
     margin = statistics.fmean(rhs) - statistics.fmean(lhs)  # > 0: lhs is lower
-    variances = [statistics.variance(v) for v in (lhs, rhs) if len(v) > 1]
-    noise = NOISE_FACTOR * math.sqrt(statistics.fmean(variances)) if variances else None
-    if noise is None:
-        verdict = ("holds" if margin > 0 else "fails" if margin < 0 else "tie") + " (1 seed each: noise unknown)"
-    else:
-        verdict = "tie" if abs(margin) <= noise else "holds" if margin > 0 else "fails"
-    return {"verdict": verdict, "margin": margin, "noise": noise}
+    result = compare(lhs, rhs, lhs_seeds, rhs_seeds)
+    direction = "holds" if margin > 0 else "fails" if margin < 0 else "tie"
+    if result is None:
+        return {"verdict": f"{direction} (1 seed each: untested)", "margin": margin, "test": None, "p": None}
+    return {"verdict": direction if result["p"] < ALPHA else "tie", "margin": margin, "test": result["test"],
+            "p": result["p"], "t": result["t"], "df": result["df"]}
 
 
-def paper_verdict(lhs: float | None, op: str, rhs: float | None) -> str:
-    """The paper's side: one published number a row, two decimals, so equal numbers are a tie for "<"."""
+# The paper gives one number a row, so its own noise comes from its official curves: the spread of the last
+# PAPER_NOISE_EVALS evaluations (up to the published step) about a straight line through them, which leaves out
+# the curve's slow trend. With two decimals printed, a published gap of 0.01 is often inside it.
+PAPER_NOISE_EVALS = 10
+
+
+def paper_noise(row: dict | None) -> float | None:
+    """The eval-to-eval noise of a published row's official curve (None without one): the residual sample std about
+    a least-squares line through its last PAPER_NOISE_EVALS evaluations at or before the row's step."""
+    curve = official_curves().get((row or {}).get("run", ""), [])
+    last = [p for p in curve if p["step"] <= row.get("steps", math.inf)][-PAPER_NOISE_EVALS:] if curve else []
+    if len(last) < 3:
+        return None
+    steps, losses = [p["step"] for p in last], [p["val_loss"] for p in last]
+    slope, intercept = statistics.linear_regression(steps, losses)
+    residuals = [v - (slope * s + intercept) for s, v in zip(steps, losses)]
+    return math.sqrt(sum(r * r for r in residuals) / (len(residuals) - 2))
+
+
+def paper_verdict(lhs: float | None, op: str, rhs: float | None, noise: float | None = None) -> str:
+    """The paper's side: one published number a row, two decimals, so equal numbers are a tie for "<"; a difference
+    no larger than `noise` (the two rows' pooled eval-to-eval noise, paper_noise) is within the paper's noise."""
     if lhs is None or rhs is None:
         return "missing"
     if lhs == rhs:
         return "holds" if op == "<=" else "tie"
+    if noise is not None and abs(lhs - rhs) <= noise:
+        return "within the paper's noise"
     return "holds" if lhs < rhs else "fails"
+
+
+def pooled_paper_noise(a: dict | None, b: dict | None) -> float | None:
+    noises = [paper_noise(a), paper_noise(b)]
+    return None if None in noises else math.sqrt(statistics.fmean(n * n for n in noises))
 
 
 def _method(record: dict | None):
@@ -160,6 +186,30 @@ def row_compute(row: dict, runs: list[dict]) -> dict:
             "cumulative_flops": total}
 
 
+def judge_checks(table: dict, rows: list[dict]) -> list[dict]:
+    """A suite table's checks (paper/suites.yaml) judged on its rows: ours by the test (claim_verdict), the
+    paper's against its official curves' noise (paper_verdict)."""
+    by_name = {r["name"]: r for r in rows}
+    checks = []
+    for check in table.get("checks", []):
+        lhs, rhs = by_name[check["lhs"]], by_name[check["rhs"]]
+        p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
+        paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
+        ours = claim_verdict(lhs["ours"], rhs["ours"], lhs.get("ours_seeds"), rhs.get("ours_seeds"))
+        if ours["verdict"] == "missing" and (lhs["not_run"] or rhs["not_run"]):
+            ours["verdict"] = lhs["not_run"] or rhs["not_run"]
+        noise = pooled_paper_noise(p_lhs["paper"], p_rhs["paper"])
+        paper = paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs), noise)
+        if noise is None and paper != "missing":  # v4 Table 4 and others published without a curve
+            paper += " (no official curve: noise unknown)"
+        checks.append({"claim": check["claim"], "ours": ours["verdict"], "margin": ours["margin"],
+                       "test": ours["test"], "p": ours["p"], "paper": paper,
+                       "paper_noise": noise,
+                       "ours_values": [lhs["mean"], rhs["mean"]],
+                       "paper_values": [paper_value(p_lhs), paper_value(p_rhs)]})
+    return checks
+
+
 def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
     """Every table of a suite as data: rows (ours per seed, paper number) and checks (verdicts both sides)."""
     spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[suite]
@@ -168,9 +218,9 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
         rows = []
         for row in table["rows"]:
             paper = _paper_row(row["paper"]) if row.get("paper") else None
-            values = _ours(row, runs)
+            values, value_seeds = _ours(row, runs)
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
-                         "ours": values, "mean": statistics.fmean(values) if values else None,
+                         "ours": values, "ours_seeds": value_seeds, "mean": statistics.fmean(values) if values else None,
                          "seeds": sorted(r["seed"] for r in runs if r["label"] == row["run"]),
                          "last_word_acc": [a for r in runs if r["label"] == row["run"] and not row.get("at_step")
                                            and (a := last_word_acc(r["dir"])) is not None],
@@ -180,20 +230,7 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
                          "paper": paper,
                          "not_run": None if values else not_run_reason(row.get("needed_by", row["run"]), runs),
                          **row_compute(row, runs)})
-        by_name = {r["name"]: r for r in rows}
-        checks = []
-        for check in table.get("checks", []):
-            lhs, rhs = by_name[check["lhs"]], by_name[check["rhs"]]
-            p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
-            paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
-            ours = claim_verdict(lhs["ours"], rhs["ours"])
-            if ours["verdict"] == "missing" and (lhs["not_run"] or rhs["not_run"]):
-                ours["verdict"] = lhs["not_run"] or rhs["not_run"]
-            checks.append({"claim": check["claim"], "ours": ours["verdict"], "margin": ours["margin"],
-                           "noise": ours["noise"],
-                           "paper": paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs)),
-                           "ours_values": [lhs["mean"], rhs["mean"]],
-                           "paper_values": [paper_value(p_lhs), paper_value(p_rhs)]})
+        checks = judge_checks(table, rows)
         tables.append({"id": table["id"], "title": table["title"], "rows": rows, "checks": checks})
     return tables
 
@@ -219,18 +256,30 @@ def suite_markdown(table: dict) -> str:
             line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
         lines.append(line)
     if table["checks"]:
-        lines += ["", f"A claim holds at our scale only when the margin exceeds the noise ({NOISE_FACTOR:g} x the pooled "
-                  "std over seeds); otherwise it is a tie.", "",
-                  "| the paper's claim | ours | margin (rhs - lhs) | noise | paper |", "|---|---|---|---|---|"]
+        lines += ["", TEST_NOTE, "",
+                  "| the paper's claim | ours | margin (rhs - lhs) | test | p | paper | paper gap | paper noise |",
+                  "|---|---|---|---|---|---|---|---|"]
         num = lambda x: "-" if x is None else f"{x:+.4f}"
         for c in table["checks"]:
-            noise = "-" if c["noise"] is None else f"{c['noise']:.4f}"
-            lines.append(f"| {c['claim']} | {c['ours']} | {num(c['margin'])} | {noise} | {c['paper']} |")
+            p = "-" if c["p"] is None else f"{c['p']:.2g}"
+            noise = "-" if c.get("paper_noise") is None else f"{c['paper_noise']:.4f}"
+            gap = "-" if None in c["paper_values"] else f"{c['paper_values'][1] - c['paper_values'][0]:+.2f}"
+            lines.append(f"| {c['claim']} | {c['ours']} | {num(c['margin'])} | {c['test'] or '-'} | {p} | "
+                         f"{c['paper']} | {gap} | {noise} |")
     return "\n".join(lines) + "\n"
 
 
 def _fmt_count(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}" if x < 1e6 else f"{x:.2e}"
+
+
+TEST_NOTE = (f"Ours: a claim holds (or fails) only when the difference is significant, two-sided p < {ALPHA:g}, by the "
+             "test named in its row: a paired t-test by seed where both rows ran the same seeds (a seed fixes the "
+             "training batches), Welch's t-test otherwise, and a one-sample t-test of the other row against a row "
+             "measured once (the single run taken as exact: its own seed-to-seed variance is not counted); "
+             "otherwise it is a tie, and with one value on each side it is untested. Paper: one published number a "
+             "row; a gap (rhs - lhs) no larger than the paper noise, the pooled residual std of each official curve's "
+             f"last {PAPER_NOISE_EVALS} evaluations about a straight line, reads \"within the paper's noise\".")
 
 
 COMPUTE_NOTE = ("Compute: tokens trained and training FLOPs = tokens x 3 x (2 x (12 L d^2 + d V) + 2 L T d) "
