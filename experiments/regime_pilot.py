@@ -7,6 +7,7 @@ under one set of overrides, one process per run on one thread, and this script t
     python experiments/regime_pilot.py run [--jobs 2] [--configs shape_4v2,steps_bs8] [--seeds 1,2,3]
     python experiments/regime_pilot.py run --fallback [--jobs 2]
     python experiments/regime_pilot.py report --out experiments/results/regime
+    python experiments/regime_pilot.py measured   # the findings section only, from the committed pilot.json
 
 Runs live in <LIT_INHERITUNE_ROOT>/outputs/regime_<config>/ like any other run (resumable, skipped when done).
 
@@ -184,28 +185,50 @@ def judge(entry: dict) -> dict:
             "status": "meets the rule" if meets else ("needs seeds" if not seeded and gap >= 0.05 else "fails")}
 
 
-def trend_estimate(data: dict, verdicts: dict) -> list[str]:
-    """Where the measured trend would meet the rule: the (b) lever, 4x the optimizer steps at the same tokens
-    (shape_4v2 -> steps_bs8_4v2), extrapolated linearly in log2(steps) until the gap reaches +0.05."""
-    a, b = verdicts.get("shape_4v2", {}), verdicts.get("steps_bs8_4v2", {})
-    if "gap" not in a or "gap" not in b:
-        return []
-    steps_a, steps_b = data["shape_4v2"]["steps"], data["steps_bs8_4v2"]["steps"]
-    per_doubling = (b["gap"] - a["gap"]) / math.log2(steps_b / steps_a)
-    out = ["## Where the trend would meet the rule", "",
-           f"4x the optimizer steps at the same tokens moved the gap from {a['gap']:+.4f} to {b['gap']:+.4f}: "
-           f"{per_doubling:+.4f} nats per doubling of the steps."]
-    if per_doubling <= 0:
-        out.append("The gap did not narrow, so no budget along this lever meets the rule.")
-    else:
-        doublings = (0.05 - b["gap"]) / per_doubling
-        steps = steps_b * 2 ** doublings
-        flops = _run_flops({**data["steps_bs8_4v2"], "steps": steps}, data["steps_bs8_4v2"]["k"])
-        out.append(f"Extrapolated linearly in log2(steps), the 4-layer model would lead by 0.05 after {doublings:.1f} "
-                   f"more doublings: ~{steps:.1e} steps of batch 8, ~{flops / MACHINE_FLOPS_PER_SEC / 3600:.1e} CPU "
-                   "hours for that one run on this machine. No affordable budget meets the rule: the pilot stops "
-                   "tuning and the twin takes the issue's fallback (below).")
-    return out + [""]
+MEASURED_HEADING = "## What the pilot measured and what it did not try"
+
+
+def measured_section(verdicts: dict, configs: dict) -> list[str]:
+    """The pilot's findings as measured, without extrapolation: each config's gap (seeds per side), the one change
+    of a single lever that was run, and the configs it defined but never ran. Takes pilot.json's `verdicts` and
+    `configs`, so it can be rewritten from the committed file (`measured` command) where the runs are gone."""
+    ran = {n: v for n, v in verdicts.items() if "gap" in v}
+    out = [MEASURED_HEADING, "",
+           "Measured (gap = k/2-layer val - k-layer val at equal steps; positive means the deeper model wins):"]
+    for name, v in ran.items():
+        c = configs[name]
+        out.append(f"- {name} ({c['hypothesis']}): k = {c['k']}, {c['steps']} steps, gap {v['gap']:+.4f} "
+                   f"({v['n_deep']} seed(s) of the k-layer model, {v['n_half']} of the k/2-layer model)")
+    a, b = ran.get("shape_4v2"), ran.get("steps_bs8_4v2")
+    if a and b:
+        ratio = configs["steps_bs8_4v2"]["steps"] / configs["shape_4v2"]["steps"]
+        out.append(f"- {ratio:g}x the optimizer steps at the same tokens (k = 4) moved the gap by "
+                   f"{b['gap'] - a['gap']:+.4f}, from one seed a side: two points, so no trend is measured and "
+                   "none is extrapolated; whether more steps would ever close the gap is not known from the pilot")
+    out += ["", "Not tried:"]
+    out += [f"- {name} ({configs[name]['hypothesis']}): defined, not run (pilot budget spent)"
+            for name, v in verdicts.items() if "gap" not in v]
+    out.append("- more tokens per run than the configs above, or another width or context")
+    if ran and all(v["n_deep"] == 1 for v in ran.values()):
+        out.append("- a second seed of any k-layer model: every gap's k-layer side is one run")
+    out += ["", "No config met the rule, so the twin takes the issue's fallback (below)." if not any(
+                v.get("status") == "meets the rule" for v in verdicts.values()) else "", ""]
+    return out
+
+
+def rewrite_measured(out: Path) -> None:
+    """Rewrite pilot.md's findings section from the committed pilot.json, leaving its measured tables as written
+    (regenerating those needs the runs under outputs/)."""
+    from lit_inheritune.provenance import provenance
+
+    md, data = (out / "pilot.md").read_text(), json.loads((out / "pilot.json").read_text())
+    start = next(md.index(h) for h in (MEASURED_HEADING, "## Where the trend would meet the rule") if h in md)
+    end = md.index("## Fallback", start)
+    prov = provenance("python experiments/regime_pilot.py measured")
+    section = measured_section(data["verdicts"], data["configs"])
+    section.insert(1, f"\n(this section rewritten from pilot.json by `{prov['command']}` at commit `{prov['commit']}`, "
+                      f"{prov['date']})")
+    (out / "pilot.md").write_text(md[:start] + "\n".join(section) + "\n" + md[end:])
 
 
 def _fmt(x: float, nd: int = 4) -> str:
@@ -252,7 +275,8 @@ def report(out: Path) -> None:
     chosen.sort(key=lambda n: verdicts[n]["suite_hours"])
     lines += ["", "Chosen regime (cheapest that meets the rule): "
               + (f"**{chosen[0]}**" if chosen else "none: no config met the rule within the pilot"), ""]
-    lines += trend_estimate(data, verdicts)
+    lines += measured_section(verdicts, {n: {k: e[k] for k in ("k", "steps", "hypothesis")}
+                                         for n, e in data.items()})
     fb = collect_fallback()
     fb_rows = judge_fallback(fb)
     f = FALLBACK
@@ -340,14 +364,17 @@ def main() -> None:
     r.add_argument("--seeds", default="1")
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--fallback", action="store_true", help="the reference-budget runs instead of the configs")
-    p = sub.add_parser("report")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "regime")
+    for name in ("report", "measured"):  # measured: only the findings section, from the committed pilot.json
+        p = sub.add_parser(name)
+        p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "regime")
     a = ap.parse_args()
     if a.cmd == "run":
         unknown = [c for c in a.configs.split(",") if c not in CONFIGS]
         if unknown:
             sys.exit(f"error: unknown pilot config(s) {unknown}; known: {list(CONFIGS)}")
         run(fallback_jobs() if a.fallback else jobs(a.configs.split(","), [int(s) for s in a.seeds.split(",")]), a.jobs)
+    elif a.cmd == "measured":
+        rewrite_measured(a.out)
     else:
         report(a.out)
 
