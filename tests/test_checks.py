@@ -36,7 +36,7 @@ def test_every_method_config_names_a_method_with_its_own_checks_and_the_parts_th
     from lit_inheritune.models import BLOCK_PARTS, gpt
 
     names = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
-    assert len(names) == 7
+    assert len(names) == 8
     classes = {name: method_class(compose([f"method={name}"]).method) for name in names}
     assert sorted(classes.values(), key=id) == sorted(BUILT_IN, key=id)  # one class per method config
     for name, cls in classes.items():

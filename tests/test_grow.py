@@ -118,8 +118,8 @@ def _log(run_dir: Path, *columns: str) -> list[tuple]:
 # -- a method added as one module and one yaml, touching no other file (issue #24)
 
 METHOD_MODULE = '''\
-"""A control CPU_SCALE.md asks for: a random-init model that inherits only the reference's token embedding, scaled
-by a key of its own (`embedding_scale`), trained T steps."""
+"""A random-init model that inherits only the reference's token embedding, scaled by a key of its own
+(`embedding_scale`), trained T steps (a variant of the built-in method=embedding_only)."""
 
 from dataclasses import dataclass
 
@@ -130,8 +130,8 @@ from lit_inheritune.methods import FromReference, derived_stage, random_model, r
 
 
 @dataclass
-class EmbeddingOnly(FromReference):
-    name: str = "embedding_only"
+class ScaledEmbedding(FromReference):
+    name: str = "scaled_embedding"
     n_layer: int = MISSING
     embedding_scale: float = 1.0
 
@@ -140,7 +140,7 @@ class EmbeddingOnly(FromReference):
             raise ConfigError(f"method.embedding_scale={self.embedding_scale} must be positive")
 
     def stage(self, run):
-        return derived_stage(run, f"embedding-L{self.n_layer}", self.n_layer, "embedding_only",
+        return derived_stage(run, f"embedding-L{self.n_layer}", self.n_layer, "scaled_embedding",
                              "the reference's token embedding only", reference=reference_identity(run))
 
     def build(self, run, reference):
@@ -150,11 +150,11 @@ class EmbeddingOnly(FromReference):
 '''
 
 METHOD_YAML = """\
-_target_: my_methods.EmbeddingOnly
-name: embedding_only
+_target_: my_methods.ScaledEmbedding
+name: scaled_embedding
 n_layer: 2
 embedding_scale: 1.0
-tag: embedding_only-L${method.n_layer}-x${method.embedding_scale}
+tag: scaled_embedding-L${method.n_layer}-x${method.embedding_scale}
 """
 
 
@@ -167,8 +167,8 @@ def test_a_new_method_is_one_module_and_one_yaml(tmp_path, fixture_data_dir, sha
     monkeypatch.syspath_prepend(str(tmp_path))
     conf = tmp_path / "conf"
     (conf / "method").mkdir(parents=True)
-    (conf / "method" / "embedding_only.yaml").write_text(METHOD_YAML)
-    args = [f"hydra.searchpath=[file://{conf}]", "method=embedding_only", *TINY, "model.n_layer=4",
+    (conf / "method" / "scaled_embedding.yaml").write_text(METHOD_YAML)
+    args = [f"hydra.searchpath=[file://{conf}]", "method=scaled_embedding", *TINY, "model.n_layer=4",
             "train.max_steps=10", "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}",
             f"data.data_dir={fixture_data_dir}", "name=new"]
     for bad, error in (("method.embedding_scale=-1", "error: method.embedding_scale=-1.0 must be positive"),
@@ -181,9 +181,9 @@ def test_a_new_method_is_one_module_and_one_yaml(tmp_path, fixture_data_dir, sha
     out = run_in_process(["lit_inheritune", *args, "method.embedding_scale=0.5"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[new] stage 2 of 2: embedding-L2 (the reference's token embedding only), 10 steps" in out.stdout
-    stage = tmp_path / "outputs" / "new" / "embedding_only-L2-x0.5-s1" / "embedding-L2"
+    stage = tmp_path / "outputs" / "new" / "scaled_embedding-L2-x0.5-s1" / "embedding-L2"
     identity = json.loads((stage / "identity.json").read_text())
-    assert identity["init"]["method"]["embedding_scale"] == 0.5 and identity["init"]["kind"] == "embedding_only"
+    assert identity["init"]["method"]["embedding_scale"] == 0.5 and identity["init"]["kind"] == "scaled_embedding"
     from lit_inheritune.models import load_checkpoint
 
     trained = load_checkpoint(stage / "checkpoints" / "last.ckpt")
@@ -194,7 +194,7 @@ def test_a_new_method_is_one_module_and_one_yaml(tmp_path, fixture_data_dir, sha
     from lit_inheritune.report import write_report
 
     runs = write_report(tmp_path / "outputs" / "new", tmp_path / "report", expect=None).read_text()
-    assert "| embedding_only-L2-x0.5/embedding-L2 | 2 |" in runs
+    assert "| scaled_embedding-L2-x0.5/embedding-L2 | 2 |" in runs
 
 
 def test_a_method_target_that_cannot_be_imported_is_one_clear_error(tmp_path, fixture_data_dir):

@@ -24,13 +24,15 @@ from lit_inheritune.methods.base import (
     seeds_text,
 )
 from lit_inheritune.methods.distill import DistilBertKD, LogitKD
+from lit_inheritune.methods.embedding_only import EmbeddingOnly
 from lit_inheritune.methods.half_width import HalfWidth
 from lit_inheritune.methods.inheritune import Inheritune
 from lit_inheritune.methods.scratch import Scratch
 from lit_inheritune.methods.stacking import HybridStacking, Stacking
 from lit_inheritune.training.identity import register_method_keys
 
-BUILT_IN: tuple[type[Method], ...] = (Scratch, Inheritune, Stacking, HybridStacking, HalfWidth, LogitKD, DistilBertKD)
+BUILT_IN: tuple[type[Method], ...] = (Scratch, Inheritune, Stacking, HybridStacking, HalfWidth, LogitKD, DistilBertKD,
+                                     EmbeddingOnly)
 
 for _cls in BUILT_IN:  # so identities recorded by any of them read alike wherever they are read (the report)
     register_method_keys(_cls.name, _cls.identity_keys())
@@ -48,7 +50,7 @@ def reference_dir(cfg):
 
 
 __all__ = [
-    "BUILT_IN", "DistilBertKD", "FromReference", "HalfWidth", "HybridStacking", "Inheritune", "LogitKD", "Method",
+    "BUILT_IN", "DistilBertKD", "EmbeddingOnly", "FromReference", "HalfWidth", "HybridStacking", "Inheritune", "LogitKD", "Method",
     "Reference", "Run", "Scratch", "Stacking", "Stage", "derived_stage", "load_method", "make_run", "method_class", "obtain_reference",
     "method_by_name", "random_model", "reference_dir", "reference_identity", "reference_stage", "scratch_dir", "scratch_stage", "seeds_text",
 ]

@@ -201,7 +201,7 @@ register(ModelFamily(
     config_class="lit_inheritune.models.hf.HFModelSpec",
     title="Hugging Face",
     pretrained=True,
-    methods=("inheritune", "scratch"),
+    methods=("inheritune", "scratch", "embedding_only"),
     inherits_whole=True,  # as the official lit-gpt code inherited OpenLLaMA-3B
     keeps_source_scale=False,  # HF's GPT-2 scales attention by each layer's position
     has_tokenizer=True,
