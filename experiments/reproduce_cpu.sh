@@ -4,7 +4,8 @@
 # killed one continues from its last checkpoint, so rerunning this script after an interruption finishes the job.
 # The 8-layer reference trains first, alone; then every other run is an independent job, two at a time with one
 # thread each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 9 hours (a 500-step 4L
-# job takes ~11 min on one thread beside another; the 12L reference 60 min); SEEDS=1 for one seed.
+# job takes ~11 min on one thread beside another; the 12L reference 60 min), plus about 8 h for Table 1's
+# controls (scratch 4L at 2000 and ~2950 steps, 3 seeds); SEEDS=1 for one seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -32,6 +33,16 @@ pool1+=("experiment=cpu_medium method=scratch train.max_steps=1000 seed=0")  # t
 for s in $SEEDS; do for t in 500 1000; do
     pool1+=("experiment=cpu_medium method=scratch model.n_layer=4 train.max_steps=$t seed=$s")
 done; done
+# Table 1's controls (issue #23): scratch 4L at 4T (the inherited blocks' 3T + T updates) and at the FLOPs of the
+# reference and Inheritune together (the step count computed from the two configs by lit_inheritune/matched.py,
+# the suite row that reports it), and the embedding-only 4L control (the reference's embedding, fresh blocks).
+MATCHED=$("$PY" -m lit_inheritune.matched cpu_medium_16l "scratch 4L, FLOPs-equal to reference + Inheritune")
+for s in $SEEDS; do
+    for t in 2000 "$MATCHED"; do
+        pool1+=("experiment=cpu_medium method=scratch model.n_layer=4 train.max_steps=$t seed=$s")
+    done
+    pool1+=("experiment=cpu_medium method=embedding_only method.n_layer=4 seed=$s")
+done
 pool2=()
 for s in $SEEDS; do
     for parts in attn mlp attn_mlp; do pool1+=("experiment=cpu_medium_table3 method.parts=$parts seed=$s"); done

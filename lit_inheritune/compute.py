@@ -63,3 +63,10 @@ def cumulative_flops(identity: dict, earlier: list[dict] = ()) -> float | None:
         _closure(ident, found)
     costs = [stage_flops(ident) for ident in found.values()]
     return None if any(c is None for c in costs) else float(sum(costs))
+
+
+def matched_steps(budget: float, identity: dict, every: int) -> int:
+    """The step count at which a stage like `identity` (its own training, at its per-step cost) spends `budget`
+    FLOPs, to the nearest multiple of `every` (a run ends on a validation step), at least `every`."""
+    per_step = stage_flops(identity) / int(identity["train"]["max_steps"])
+    return max(every, every * round(budget / per_step / every))

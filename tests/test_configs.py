@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,9 @@ def _reproduce_phases():
     import subprocess
 
     script = Path(__file__).parents[1] / "experiments" / "reproduce_cpu.sh"
-    out = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True, check=True).stdout
+    # the script asks python for the FLOPs-matched step count even to list its jobs: this interpreter
+    env = {**os.environ, "PY": sys.executable}
+    out = subprocess.run(["bash", str(script), "--list"], capture_output=True, text=True, check=True, env=env).stdout
     return [[line.split() for line in phase.strip().splitlines()] for phase in out.split("--\n")]
 
 
@@ -88,9 +91,10 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
 
     phases = _reproduce_phases()
     # 2 references, the equal-steps 8L row; per seed: Table 1, 2 scratch 4L rows, Table 3 (3), Table 2 (3), KD (2),
-    # lazy transfer (3 position + 2 source + random); Appendix B's run on its pretrained reference; the scratch 5L
-    # rows (2 per seed; trained only when some seed needed a round 2)
-    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2), 3 * 6 + 1, 3 * 2]
+    # lazy transfer (3 position + 2 source + random); Table 1's controls (scratch 4L at 4T and FLOPs-equal, the
+    # embedding-only 4L); Appendix B's run on its pretrained reference; the scratch 5L rows (2 per seed; trained
+    # only when some seed needed a round 2)
+    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2 + 3), 3 * 6 + 1, 3 * 2]
     trained_in, reads = {}, []
     for phase, jobs in enumerate(phases):
         for job in jobs:
@@ -104,6 +108,17 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
     # a reference is trained, by one job, in a phase that ends before any job reading it starts
     assert all(trained_in[ref] < phase for phase, _, ref in reads)
     assert phases[0] == [["experiment=cpu_medium", "method=scratch", "train.max_steps=1500", "seed=0"]]
+    # the controls: 4T, and the step count at which scratch 4L's own FLOPs equal the reference's 1500 8L steps
+    # plus Inheritune's 500 4L steps (compute.py's formula, per token: 3 x (2 x (12 L d^2 + d V) + 2 L T d)),
+    # rounded to the validation interval (50)
+    per_token = {L: 3 * (2 * (12 * L * 128**2 + 128 * 4096) + 2 * L * 128 * 128) for L in (4, 8)}
+    matched = 50 * round((1500 * per_token[8] / per_token[4] + 500) / 50)
+    scratch_4l = {int(o.split("=")[1]) for job in phases[1] for o in job
+                  if "model.n_layer=4" in job and "method=scratch" in job and o.startswith("train.max_steps=")}
+    assert scratch_4l == {500, 1000, 2000, matched} and 2900 <= matched <= 3000
+    controls = [compose(job) for job in phases[1] if "method=embedding_only" in job]
+    assert sorted(Path(c.run_dir).name for c in controls) == [f"embedding_only-L4-s{s}" for s in (1, 2, 3)]
+    assert all(c.name == "cpu_medium_16l" and c.method.n_layer == 4 for c in controls)
 
 
 @pytest.mark.subprocess

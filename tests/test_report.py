@@ -43,6 +43,9 @@ def _stage(group, label_with_seed, val_loss, curve=None, n_layer=4, steps=500):
 
 
 def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path):
+    import yaml
+
+    from lit_inheritune.paper import HERE as PAPER_DIR
     from lit_inheritune.report import suite_markdown, suite_tables, write_suite
 
     group = tmp_path / "cpu_medium_16l"
@@ -52,6 +55,13 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
         _stage(group, f"scratch-L4-T500-s{seed}", scr_t, curve={250: scr_t + 0.3, 500: scr_t})
         _stage(group, f"scratch-L4-T1000-s{seed}", scr_2t, steps=1000)
     _stage(group, "kd-L4-s1/student-L4", 4.60, steps=250)
+    from lit_inheritune.matched import steps
+
+    spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())["cpu_medium_16l"]["tables"][0]
+    matched = steps(next(r for r in spec["rows"] if r.get("matched"))["matched"])
+    for seed, (emb, flops_equal) in {1: (4.70, 4.45), 2: (4.75, 4.47)}.items():  # Table 1's controls
+        _stage(group, f"embedding_only-L4-s{seed}/embedding-L4", emb)
+        _stage(group, f"scratch-L4-T{matched}-s{seed}", flops_equal, steps=matched)
 
     tables = {t["id"]: t for t in suite_tables("cpu_medium_16l", collect(group))}
     t1 = {r["name"]: r for r in tables["table1"]["rows"]}
@@ -70,7 +80,16 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
         "Inheritune 4L matches the reference": ("tie", one_sample, "holds"),  # by 0.08, t = 4 on 1 df: p = 0.16
         "Inheritune 4L beats scratch 4L at T": ("holds", paired, "holds"),  # by 0.40 in both seeds
         "Inheritune 4L at T beats scratch 4L at 2T": ("tie", paired, "holds"),  # by 0.05 and 0.11, t = 2.67 on 1 df
+        # the controls have no published counterpart; the 4T row has no run yet
+        "control: Inheritune 4L at T beats scratch 4L at 4T, as many updates as its inherited blocks had": (
+            "missing", None, "missing"),
+        "control: Inheritune 4L beats scratch 4L given the same cumulative training FLOPs": (
+            "tie", paired, "missing"),  # behind by 0.05 and 0.07: t = 6 on 1 df, p = 0.11
+        "control: inheriting the blocks beats inheriting the embedding alone": ("holds", paired, "missing"),
+        "control: inheriting the embedding alone beats scratch 4L at T": ("holds", paired, "missing"),
     }
+    assert t1["scratch 4L, FLOPs-equal to reference + Inheritune"]["run"] == f"scratch-L4-T{matched}"
+    assert t1["scratch 4L, FLOPs-equal to reference + Inheritune"]["ours"] == [4.45, 4.47]
     at_2t = next(c for c in tables["table1"]["checks"] if c["claim"].endswith("at 2T"))
     # Student's t on 1 df is Cauchy: two-sided p = 1 - (2 / pi) atan(|t|)
     assert at_2t["margin"] == pytest.approx(0.08) and at_2t["p"] == pytest.approx(

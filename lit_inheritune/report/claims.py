@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
+from lit_inheritune.matched import row_run
 from lit_inheritune.methods import method_by_name, seeds_text
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.paper import official_curves, published
@@ -217,6 +218,7 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
     for table in spec["tables"]:
         rows = []
         for row in table["rows"]:
+            row = {**row, "run": row_run(row)}
             paper = _paper_row(row["paper"]) if row.get("paper") else None
             values, value_seeds = _ours(row, runs)
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),

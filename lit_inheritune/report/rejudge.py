@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from lit_inheritune.errors import ArgumentParser, ConfigError, run_cli
+from lit_inheritune.matched import row_run
 from lit_inheritune.paper import HERE as PAPER_DIR
 from lit_inheritune.provenance import provenance
 from lit_inheritune.report.claims import _paper_row, judge_checks, suite_markdown
@@ -47,6 +48,7 @@ def rejudged_tables(report: dict) -> list[dict]:
         old_rows = {(r["run"], r["at_step"]): r for r in old_tables[table["id"]]["rows"]}
         rows = []
         for row in table["rows"]:
+            row = {**row, "run": row_run(row)}
             key = (row["run"], row.get("at_step"))
             old = old_rows.get(key) or anywhere.get(key)
             kept = {k: old[k] for k in _KEPT} if old else {
