@@ -73,7 +73,7 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     # the t-test rule: the single-seed reference is a one-sample test, rows sharing seeds 1,2 are paired
     one_sample, paired = "one-sample t-test against the single run", "paired t-test by seed"
     assert checks == {
-        "premise at equal steps: the 8L model beats half-depth scratch, both trained 2T": ("missing", None, "holds"),
+        "premise at equal steps: the 8L model beats half-depth scratch, both trained 2T": ("not run", None, "holds"),
         # 4.60 vs 4.60; in the paper 2.85 vs 2.84 at 2T (Large), inside its curves' eval-to-eval noise
         "premise as run here: the 3T reference beats half-depth scratch trained 2T": (
             "tie", one_sample, "within the paper's noise"),
@@ -82,7 +82,7 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
         "Inheritune 4L at T beats scratch 4L at 2T": ("tie", paired, "holds"),  # by 0.05 and 0.11, t = 2.67 on 1 df
         # the controls have no published counterpart; the 4T row has no run yet
         "control: Inheritune 4L at T beats scratch 4L at 4T, as many updates as its inherited blocks had": (
-            "missing", None, "missing"),
+            "not run", None, "missing"),
         "control: Inheritune 4L beats scratch 4L given the same cumulative training FLOPs": (
             "tie", paired, "missing"),  # behind by 0.05 and 0.07: t = 6 on 1 df, p = 0.11
         "control: inheriting the blocks beats inheriting the embedding alone": ("holds", paired, "missing"),
@@ -102,7 +102,7 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
     assert kd["DistilBERT-style KD 4L, T/2"]["ours"] == []
     kd_checks = {c["claim"]: c["ours"] for c in tables["kd"]["checks"]}
     # 4.70, 4.74 against KD's one seed at 4.60: behind by 0.12, but t = 6 on 1 df is p = 0.11
-    assert kd_checks["Inheritune beats logit KD"] == "tie" and kd_checks["Inheritune beats DistilBERT-style KD"] == "missing"
+    assert kd_checks["Inheritune beats logit KD"] == "tie" and kd_checks["Inheritune beats DistilBERT-style KD"] == "not run"
     assert {c["paper"] for c in tables["table2"]["checks"]} == {"holds"}
 
     assert "last-word acc" not in suite_markdown(tables["table1"])  # nothing evaluated yet

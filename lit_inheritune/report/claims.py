@@ -197,8 +197,8 @@ def judge_checks(table: dict, rows: list[dict]) -> list[dict]:
         p_lhs, p_rhs = (by_name[n] for n in check.get("paper", [check["lhs"], check["rhs"]]))
         paper_value = lambda r: r["paper"]["val_loss"] if r["paper"] else None
         ours = claim_verdict(lhs["ours"], rhs["ours"], lhs.get("ours_seeds"), rhs.get("ours_seeds"))
-        if ours["verdict"] == "missing" and (lhs["not_run"] or rhs["not_run"]):
-            ours["verdict"] = lhs["not_run"] or rhs["not_run"]
+        if ours["verdict"] == "missing":  # as its rows read: not run, with the method's reason where it has one
+            ours["verdict"] = lhs["not_run"] or rhs["not_run"] or "not run"
         noise = pooled_paper_noise(p_lhs["paper"], p_rhs["paper"])
         paper = paper_verdict(paper_value(p_lhs), check["op"], paper_value(p_rhs), noise)
         if noise is None and paper != "missing":  # v4 Table 4 and others published without a curve
