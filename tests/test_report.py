@@ -384,12 +384,14 @@ def test_a_committed_report_is_rejudged_from_its_tables_json_alone(tmp_path):
         sections.append(suite_markdown(t) + old_rule + f"\n\n![{t['id']} curves](x.png)\n")
     out = tmp_path / "report"
     out.mkdir()
-    (out / "tables.md").write_text("# Paper tables\n\n- commit: `abc`\n\nCompute: tokens trained ...\n\n"
+    (out / "tables.md").write_text("# Paper tables: cpu_medium_16l\n\nan old description\n\n- command: `x`\n"
+                                   "- commit: `abc`\n\nCompute: tokens trained ...\n\n"
                                    + "\n".join(sections) + "\n## Compute to match the reference\n\nkept\n")
     (out / "tables.json").write_text(json.dumps({"provenance": {"commit": "abc"}, "suite": "cpu_medium_16l",
                                                  "tables": tables}))
     md = rejudge(out, command="rejudge").read_text()
     assert md.count("- verdicts re-judged from this report's tables.json by `rejudge`") == 1
+    assert "an old description" not in md and md.startswith("# Paper tables: cpu_medium_16l\n\nCPU twins on the")
     assert "- commit: `abc`" in md and "kept\n" in md and md.count("curves](x.png)") == len(tables)
     assert "Welch's t-test otherwise" in md and "2 x the pooled std" not in md
     # the seeds 1-3 of both rows were paired: 0.05, 0.11, 0.08 apart, t = 4.62 on 2 df

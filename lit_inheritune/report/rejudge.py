@@ -72,6 +72,11 @@ def rejudge(out_dir: str | Path, command: str | None = None) -> Path:
         start = md.index(f"## {table.pop('old_title')}\n")
         end = md.index(f"\n![{table['id']} curves]", start)
         md = md[:start] + suite_markdown(table) + md[end:]
+    # the suite's description heads the report and may have changed with its rows (write_suite's layout)
+    title = f"# Paper tables: {report['suite']}\n\n"
+    if md.startswith(title) and "\n- command: `" in md:
+        spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[report["suite"]]
+        md = title + spec["description"].strip() + "\n\n" + md[md.index("- command: `"):]
     prov = provenance(command)
     note = (f"- verdicts re-judged from this report's tables.json by `{prov['command']}` at commit `{prov['commit']}`"
             f" ({prov['date']}): rows as the runs wrote them, checks under the current rules and suite rows\n")
