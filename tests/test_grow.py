@@ -232,3 +232,49 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
     assert logged[0] == logged[1] and logged[0]  # the stage's slice of the fit's log reads as its own run's
     mine, theirs = (torch.load(r["last_checkpoint"], weights_only=True)["state_dict"] for r in (alone, round2))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def _same_module(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_growth_run_with_a_block_list_grows_past_its_list_when_configured_to(tmp_path, fixture_data_dir,
+                                                                             shared_reference, initial_models):
+    """method.grow_list=true: blocks [1, 2] of the 4-layer reference fall short (tolerance -100) and round 2
+    inherits [1, 2, 3], the list plus the reference block after its last, as Algorithm 1 adds the blocks after
+    the first n. Without it the list is one round, as before."""
+    from lit_inheritune.models import load_checkpoint
+
+    cfg = shared_reference(_cfg(tmp_path, fixture_data_dir, "method.blocks=[1,2]", "method.grow_list=true"))
+    assert Path(cfg.run_dir).name == "inheritune-b1-2-block-reinherit-grow-s1"
+    results = run(cfg)
+    assert [(r["stage"], r["blocks"], r["matched"]) for r in results] == [
+        ("round1-L2", [1, 2], False), ("round2-L3", [1, 2, 3], False)]
+    reference = load_checkpoint(Path(cfg.paths.log_dir) / cfg.name / "scratch-L4-T10-s1" / "checkpoints" / "last.ckpt")
+    ref_blocks = reference.transformer.h
+    for stage, blocks in (("round1-L2", [1, 2]), ("round2-L3", [1, 2, 3])):
+        start = initial_models[stage].transformer.h
+        assert len(start) == len(blocks) and all(_same_module(start[i], ref_blocks[b]) for i, b in enumerate(blocks))
+    identity = json.loads((Path(cfg.run_dir) / "round2-L3" / "identity.json").read_text())
+    assert identity["init"]["method"]["grow_list"] is True and identity["model"]["n_layer"] == 3
+
+    fixed = compose([*TINY, "method=inheritune", "model.n_layer=4", "method.blocks=[1,2]", "method.max_layers=3",
+                     f"paths.root_dir={tmp_path}"])
+    from lit_inheritune.run import plan
+
+    assert [s.name for s in plan(fixed) if s.name.startswith("round")] == ["round1-L2"]
+    # a list that grows keeps `grow_list` out of identities recorded before it existed (an `added` key)
+    assert "grow_list" not in [s for s in plan(fixed) if s.name == "round1-L2"][0].identity["init"]["method"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.grow_mode=append", "method.grow_list=true cannot grow with method.grow_mode=append"),
+    ("method.max_layers=4", r"method.max_layers=4: growing method.blocks=\[1, 2\] by the blocks after its last \(2\) "
+                            r"stops at the 4-layer reference's last block; set method.max_layers at most 3"),
+])
+def test_a_block_list_that_cannot_grow_as_asked_is_a_config_error(tmp_path, fixture_data_dir, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(_cfg(tmp_path, fixture_data_dir, "method.blocks=[1,2]", "method.grow_list=true", override))
+    with pytest.raises(ConfigError, match="method.grow_list=true grows an explicit list of blocks"):
+        run(_cfg(tmp_path, fixture_data_dir, "method.grow_list=true"))

@@ -47,8 +47,11 @@ class Inheritune(Method):
     name: str = "inheritune"
     n_layer: int = MISSING  # n: the target's first depth (default k/2)
     # An explicit list of reference blocks instead of the first n (e.g. [4,5,6,7], v4 Table 4); such a target does
-    # not grow.
+    # not grow unless `grow_list` says so.
     blocks: list[int] | None = None
+    # With `blocks`: grow as Algorithm 1 grows the first n, by the next reference blocks after the list's last
+    # ([4,5,6,7] -> [4,...,8] -> ...), up to max_layers; each round re-inherits its blocks (reinherit only).
+    grow_list: bool = added(False)
     parts: str = "block"  # block | attn | mlp | attn_mlp (Table 3)
     # Which n blocks: first (the paper) | potent / lazy (highest / lowest AvgRank) | block_influence | random
     # (lit_inheritune/selection.py); growth adds the next blocks by the same measure.
@@ -87,6 +90,17 @@ class Inheritune(Method):
                                   f"(model.n_layer={k})")
         if self.select not in SELECTIONS:
             raise ConfigError(f"method.select={self.select!r} is not one of {', '.join(SELECTIONS)}")
+        if self.grow_list and not self.blocks:
+            raise ConfigError("method.grow_list=true grows an explicit list of blocks (method.blocks); a first-n "
+                              "target grows anyway, up to method.max_layers")
+        if self.grow_list and self.grow_mode == "append" and self.max_layers >= n + self.grow_by:
+            raise ConfigError("method.grow_list=true cannot grow with method.grow_mode=append: append adds the "
+                              "reference blocks after the target's depth, not after the list's last block; use "
+                              "method.grow_mode=reinherit (each round inherits its blocks afresh)")
+        if self.grow_list and self.max_layers > n and max(self.blocks) + self.max_layers - n > k - 1:
+            raise ConfigError(f"method.max_layers={self.max_layers}: growing method.blocks={list(self.blocks)} by the "
+                              f"blocks after its last ({max(self.blocks)}) stops at the {k}-layer reference's last "
+                              f"block; set method.max_layers at most {n + k - 1 - max(self.blocks)}")
         if self.blocks and self.select != "first":
             raise ConfigError(f"method.select={self.select} and method.blocks={list(self.blocks)} both say which "
                               "reference blocks to inherit; set one of them")
@@ -130,9 +144,17 @@ class Inheritune(Method):
     # -- the stages
     def depths(self) -> list[int]:
         """The depth of every round Algorithm 1 may run: n, n + g, ... up to max_layers (one round for a list of
-        blocks, which does not grow)."""
+        blocks, unless grow_list)."""
         n = len(self.blocks) if self.blocks else int(self.n_layer)
-        return [n] if self.blocks else list(range(n, int(self.max_layers) + 1, int(self.grow_by)))
+        if self.blocks and not self.grow_list:
+            return [n]
+        return list(range(n, int(self.max_layers) + 1, int(self.grow_by)))
+
+    def list_rounds(self) -> list[list[int]]:
+        """The reference blocks of each round of a block list: the list, then the list plus the blocks after its
+        last, as Algorithm 1 adds the blocks after the first n."""
+        start, last = list(self.blocks), max(self.blocks)
+        return [start + list(range(last + 1, last + 1 + n - len(start))) for n in self.depths()]
 
     def rounds(self, run: Run) -> list[Stage]:
         ref = reference_identity(run)
@@ -152,6 +174,8 @@ class Inheritune(Method):
             elif rnd == 0:
                 what = f"blocks {list(self.blocks)}" if self.blocks else f"blocks 0-{n_layer - 1}"
                 init = f"inherits {what} of the reference ({self.parts})"
+            elif self.blocks:
+                init = f"inherits blocks {blocks_text(self.list_rounds()[rnd])} of the reference afresh ({self.parts})"
             elif self.grow_mode == "append":
                 init = (f"round {rnd}'s target + reference blocks {rounds[-1].identity['model']['n_layer']}-"
                         f"{n_layer - 1}{', its AdamW state carried' if self.carry_optimizer else ''}")
@@ -189,7 +213,7 @@ class Inheritune(Method):
         """(the reference blocks each round inherits, the per-block measure they were chosen by or None)."""
         depths = self.depths()
         if self.blocks:
-            return [list(self.blocks)], None
+            return self.list_rounds(), None
         if self.select == "first":
             return [list(range(n)) for n in depths], None
         from lit_inheritune.selection import chosen_blocks, reference_cache_dir, reference_measure
@@ -231,12 +255,12 @@ class Inheritune(Method):
         L.seed_everything(run.seed, workers=True, verbose=False)
         blocks = list(self.blocks) if self.blocks else None
         depths = [s.identity["model"]["n_layer"] for s in rounds]
-        if self.select == "first":  # the paper: the first n, grown by the family's grow
+        if self.select == "first" and not self.grow_list:  # the paper: the first n, grown by the family's grow
             target = inherit(reference, None if blocks else depths[0], blocks)
 
             def grow(model, i):
                 return grow_target(model, reference, depths[i] - model.config.n_layer)
-        else:  # the chosen blocks, re-inherited each round (validate refuses append growth)
+        else:  # the chosen blocks (or a growing list), re-inherited each round (validate refuses append growth)
             target = inherit(reference, None, chosen[0])
 
             def grow(model, i):
