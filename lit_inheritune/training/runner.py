@@ -128,6 +128,7 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
+    module.compile_model = bool(cfg.train.get("compile", False))  # CausalLM compiles in configure_model
     wandb_id = _wandb_run_id(stage_dir)
     callbacks = _callbacks(cfg, stage_dir, stage, growing=grow is not None) + ([grow] if grow else [])
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
