@@ -81,7 +81,8 @@ def test_a_compiled_growing_run_trains_as_eager_does(tmp_path, fixture_data_dir,
     """With inductor on CPU (a C++ compiler), through a growth round: the same loss at every step and the same val
     losses within rtol 1e-5. Measured: at most 1.7e-7 relative over the 20 steps (fp32 rounding of the fused
     kernels, a few ulps), so 1e-5 holds with a 50x margin while a real difference (a missed growth, another
-    model) shows at the first step. About 100 s on a busy 2-core machine with a cold inductor cache, 15 s warm."""
+    model) shows at the first step. 158 s on a busy 2-core machine (load 6), most of it compiling: the two compiled
+    rounds alone took 106 s with a cold inductor cache and 14 s with a warm one."""
     eager = shared_reference(_growing(tmp_path, fixture_data_dir, False))
     compiled = shared_reference(_growing(tmp_path, fixture_data_dir, True))
     run(eager)
