@@ -54,15 +54,39 @@ def _closure(identity: dict, found: dict[str, dict]) -> None:
             _closure(init[key], found)
 
 
+def _cumulative(cost, identity: dict, earlier) -> float | None:
+    found: dict[str, dict] = {}
+    for ident in (identity, *earlier):
+        _closure(ident, found)
+    costs = [cost(ident) for ident in found.values()]
+    return None if any(c is None for c in costs) else float(sum(costs))
+
+
 def cumulative_flops(identity: dict, earlier: list[dict] = ()) -> float | None:
     """FLOPs of this stage plus every stage it was built from, each counted once; `earlier` are stages the
     method trained before this one without building on them (re-inherited Inheritune rounds). None when a
     source's cost is unknown (a given reference)."""
-    found: dict[str, dict] = {}
-    for ident in (identity, *earlier):
-        _closure(ident, found)
-    costs = [stage_flops(ident) for ident in found.values()]
-    return None if any(c is None for c in costs) else float(sum(costs))
+    return _cumulative(stage_flops, identity, earlier)
+
+
+def cumulative_tokens(identity: dict, earlier: list[dict] = ()) -> float | None:
+    """Tokens trained on by this stage and every stage it was built from, counted as `cumulative_flops` counts
+    FLOPs (a teacher's forward passes are not training: they add FLOPs, not tokens)."""
+    return _cumulative(lambda ident: tokens(ident) if "model" in ident and "train" in ident else None,
+                       identity, earlier)
+
+
+def cumulative_at(identity: dict, earlier: list[dict], step: int) -> dict[str, float]:
+    """What a stage has cost when it has trained `step` of its steps, everything it was built from included
+    (the report's cumulative FLOPs read off the curve at that step): {"cumulative_tokens", "cumulative_flops"},
+    each left out when a source's cost is unknown."""
+    fraction = step / int(identity["train"]["max_steps"])
+    out = {}
+    for name, total, own in (("cumulative_tokens", cumulative_tokens(identity, earlier), tokens(identity)),
+                             ("cumulative_flops", cumulative_flops(identity, earlier), stage_flops(identity))):
+        if total is not None and own is not None:
+            out[name] = total - own * (1 - fraction)
+    return out
 
 
 def matched_steps(budget: float, identity: dict, every: int) -> int:

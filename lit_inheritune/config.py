@@ -18,6 +18,9 @@ if not OmegaConf.has_resolver("mul"):
 # Inheritune's default target depth is half the reference's: ${idiv:${model.n_layer},2}.
 if not OmegaConf.has_resolver("idiv"):
     OmegaConf.register_new_resolver("idiv", lambda a, b: a // b)
+# train.compile's default: on where the trainer runs on an NVIDIA GPU (trainer=gpu, ddp, fsdp).
+if not OmegaConf.has_resolver("on_gpu"):
+    OmegaConf.register_new_resolver("on_gpu", lambda accelerator: accelerator in ("gpu", "cuda"))
 
 
 def _source_tag(n_layer, blocks) -> str:

@@ -45,6 +45,7 @@ class TrainSchema:
     accumulate_grad_batches: int = MISSING
     val_every_n_steps: int = MISSING
     log_every_n_steps: int = MISSING
+    compile: bool = False
 
 
 @dataclass

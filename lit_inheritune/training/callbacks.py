@@ -84,6 +84,64 @@ class SpeedMonitor(L.Callback):
             pl_module.log("train/tokens", float(step * tokens_per_step))
 
 
+class ComputeMonitor(L.Callback):
+    """Logs, beside SpeedMonitor's `train/tokens`, what the run has cost so far with everything it was built from
+    (compute.py, as the report counts it): `train/cumulative_tokens` and `train/cumulative_flops`, the reference's
+    training included, and for a growing fit its earlier rounds. Same values in the fit's log and in each grown
+    stage's slice of it, so stage_record.write_stage_log copies them unchanged.
+
+    In W&B they are declared step metrics, and val/loss, val/ppl and train/loss are plotted against
+    train/cumulative_flops by default: one chart of a group (one W&B group per experiment) puts every method on
+    the same compute axis. A stage whose sources' cost is unknown (a given, pretrained reference) logs neither and
+    keeps Lightning's trainer/global_step axis."""
+
+    X_AXIS = "train/cumulative_flops"
+    ON_X_AXIS = ("val/loss", "val/ppl", "train/loss")
+
+    def __init__(self, identity: dict, earlier: list[dict] = ()):
+        self.identity = identity  # the fit's (a growing fit's stages come from its GrowCallback)
+        self.earlier = list(earlier)  # stages trained before this fit that it does not nest (compute.py)
+
+    def _stage(self, trainer) -> tuple[dict, list[dict], int]:
+        """The identity of the stage being trained, the earlier stages to count, and its first global step."""
+        from lit_inheritune.training.grow import GrowCallback
+
+        grow = next((c for c in trainer.callbacks if isinstance(c, GrowCallback)), None)
+        if grow is None:
+            return self.identity, self.earlier, 0
+        # every earlier stage of a growing fit was trained in it (compute.py counts a nested one once)
+        stages = grow.growth.stages
+        return stages[grow.index].identity, [*self.earlier, *(s.identity for s in stages[:grow.index])], \
+            grow.stage_start
+
+    def costs(self, trainer) -> dict[str, float]:
+        from lit_inheritune.compute import cumulative_at
+
+        identity, earlier, start = self._stage(trainer)
+        if "train" not in identity:
+            return {}
+        return {f"train/{k}": v for k, v in cumulative_at(identity, earlier, trainer.global_step - start).items()}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self.X_AXIS not in self.costs(trainer):
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment  # Lightning's define_metric("*", step_metric="trainer/global_step") first
+                for name in ("train/tokens", "train/cumulative_tokens", self.X_AXIS):
+                    run.define_metric(name)
+                for name in self.ON_X_AXIS:
+                    # step_sync: a val/loss row, logged apart from the training rows, takes the last value
+                    run.define_metric(name, step_metric=self.X_AXIS, step_sync=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # on the rows SpeedMonitor logs train/tokens on
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step % trainer.log_every_n_steps:
+            return
+        for name, value in self.costs(trainer).items():
+            pl_module.log(name, value)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file and renames it into place: a run killed mid-write leaves
     the previous checkpoint intact, never a truncated one."""

@@ -19,6 +19,8 @@ class CausalLM(L.LightningModule):
         self.model = model
         self.optim = optim
         self.val_loss = MeanMetric()  # not persistent: checkpoints hold only the model
+        # train.compile, set by the runner: a speed setting, so neither in the hyper-parameters nor in the identity
+        self.compile_model = False
         # Plain dicts only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {"model": config_dict(model), "optim": vars(optim).copy(), "meta": dict(meta or {})}
@@ -28,6 +30,20 @@ class CausalLM(L.LightningModule):
         """Swap in another model (a stage's grown one): its config is what the checkpoints record."""
         self.model = model
         self.hparams["model"] = config_dict(model)
+        if self.compile_model:
+            self._compile()
+
+    def configure_model(self) -> None:
+        # before the strategy wraps the module (DDP, FSDP), at every fit and validate
+        if self.compile_model:
+            self._compile()
+
+    def _compile(self) -> None:
+        """Compile the model in place (nn.Module.compile): unlike torch.compile(model), which wraps it, the module
+        and its state-dict keys stay those of the plain model, so checkpoints hold no `_orig_mod.` prefix and
+        load, inherit and analyse as an eager run's. A grown model is a new module: replace_model compiles it."""
+        if getattr(self.model, "_compiled_call_impl", None) is None:  # not again for a fit's closing validate
+            self.model.compile()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A fit that grows (training/grow.py) saves the model of the stage it is in; rebuild that model before

@@ -22,7 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.errors import ConfigError, DivergenceError, Interrupted
 from lit_inheritune.io import write_json_atomic, write_text_atomic
-from lit_inheritune.training.callbacks import AtomicCheckpointIO, LogHistory, SpeedMonitor, StageProgressBar
+from lit_inheritune.training.callbacks import (
+    AtomicCheckpointIO,
+    ComputeMonitor,
+    LogHistory,
+    SpeedMonitor,
+    StageProgressBar,
+)
 from lit_inheritune.training.grow import GrowCallback, Growth
 from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir
 from lit_inheritune.training.stage_record import (
@@ -106,9 +112,10 @@ def quiet_third_parties() -> None:
 
 def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
               stage_dir: Path, stage: str, identity: dict, max_steps: int | None = None,
-              header: str = "", grow: GrowCallback | None = None) -> dict:
+              header: str = "", grow: GrowCallback | None = None, earlier: list[dict] = ()) -> dict:
     """Train `module` in `stage_dir` and return its result (also written to stage_dir/result.json, or with
-    `grow` to stage_dir/fit.json, listing the stages the GrowCallback ran).
+    `grow` to stage_dir/fit.json, listing the stages the GrowCallback ran). `earlier`: identities of stages trained
+    before this one that it does not nest (a fit per stage of a growing method), counted in its logged compute.
 
     The stage directory is reused only when the identity it recorded equals `identity` (training/identity.py):
     a finished stage is skipped, a killed one continues from its last checkpoint with resume=true."""
@@ -128,8 +135,10 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
+    module.compile_model = bool(cfg.train.get("compile", False))  # CausalLM compiles in configure_model
     wandb_id = _wandb_run_id(stage_dir)
-    callbacks = _callbacks(cfg, stage_dir, stage, growing=grow is not None) + ([grow] if grow else [])
+    callbacks = [*_callbacks(cfg, stage_dir, stage, growing=grow is not None), *([grow] if grow else []),
+                 ComputeMonitor(identity, earlier)]
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
     # Built before anything is written: a Trainer that cannot be built (checks.check_trainer catches the usual
     # causes first) leaves no directory that would refuse the corrected command.
@@ -284,7 +293,8 @@ def _fit_per_stage(cfg: DictConfig, make_module, model, datamodule, growth: Grow
             L.seed_everything(growth.seeds[i], workers=True, verbose=False)
             model = growth.grow(model, i)
         result = fit_stage(cfg, make_module(model, stage.name), datamodule, stage.dir, stage=stage.name,
-                           identity=stage.identity, max_steps=growth.steps, header=header(stage))
+                           identity=stage.identity, max_steps=growth.steps, header=header(stage),
+                           earlier=[s.identity for s in growth.stages[:i]])
         results.append(result)
         if growth.stop(result):
             break
