@@ -64,6 +64,25 @@ def _release_later(path: Path, seconds: float, then=None) -> threading.Thread:
     return thread
 
 
+def _within(seconds: float, fn):
+    """fn() run in a thread, so a lock that waits forever fails the test instead of hanging it."""
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = fn()
+        except BaseException as error:  # re-raised below, in the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 # -- the lock in one process
 
 def test_the_lock_names_its_holder_and_is_gone_after_release(tmp_path):
@@ -99,8 +118,12 @@ def test_shared_stage_held_by_a_live_process_is_waited_for_with_one_line(tmp_pat
     _plant(tmp_path, other_process.pid)
     thread = _release_later(tmp_path / LOCK_FILE, 1.0)
     start = time.monotonic()
-    with stage_lock(tmp_path, own=False, done=lambda: False, label="[x] stage 1 of 2: reference"):
-        assert read_holder(tmp_path / LOCK_FILE).pid == os.getpid()
+
+    def take():
+        with stage_lock(tmp_path, own=False, done=lambda: False, label="[x] stage 1 of 2: reference"):
+            assert read_holder(tmp_path / LOCK_FILE).pid == os.getpid()
+
+    _within(30, take)
     thread.join()
     assert time.monotonic() - start >= 1.0
     lines = capsys.readouterr().out.splitlines()
@@ -148,8 +171,8 @@ def test_a_remote_heartbeat_that_stops_moving_is_stale_whatever_the_clocks(tmp_p
     _plant(tmp_path, 1, host="gpu-node-7")
     os.utime(tmp_path / LOCK_FILE, (time.time() + 3600, time.time() + 3600))
     start = time.monotonic()
-    StageLock(tmp_path).acquire(own=False)
-    assert 0.5 <= time.monotonic() - start < 30
+    _within(30, lambda: StageLock(tmp_path).acquire(own=False))
+    assert time.monotonic() - start >= 0.5
     out = capsys.readouterr().out.splitlines()
     assert "waiting for host gpu-node-7 pid 1" in out[0] and "taking over" in out[1] and len(out) == 2
 
@@ -201,16 +224,26 @@ def test_only_rank_zero_locks_and_other_ranks_follow_their_own(tmp_path, fast, m
     for var in ("RANK", "SLURM_PROCID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
     _plant(tmp_path, 1, host="host-a", launch="host-a:100")
-    with stage_lock(tmp_path, own=True, done=lambda: False):  # its rank 0 holds it: join that fit at once
-        assert read_holder(tmp_path / LOCK_FILE).launch == "host-a:100"
+    joined = []
+
+    def join():
+        with stage_lock(tmp_path, own=True, done=lambda: False):  # its rank 0 holds it: join that fit at once
+            joined.append(read_holder(tmp_path / LOCK_FILE).launch)
+
+    _within(10, join)
+    assert joined == ["host-a:100"]
 
     other = tmp_path / "shared"
     _plant(other, 1, host="host-b", launch="host-b:200")  # another job's rank 0 trains the shared stage
     result = other / "result.json"
     thread = _release_later(other / LOCK_FILE, 1.0, then=result.touch)
     start = time.monotonic()
-    with stage_lock(other, own=False, done=result.exists):
-        assert result.exists()  # left once the stage was done, never joining another job's fit
+
+    def follow():
+        with stage_lock(other, own=False, done=result.exists):
+            assert result.exists()  # left once the stage was done, never joining another job's fit
+
+    _within(30, follow)
     thread.join()
     assert time.monotonic() - start >= 1.0
     assert read_holder(other / LOCK_FILE) is None  # and took no lock itself
@@ -344,7 +377,8 @@ def test_a_parallel_sweep_over_n_trains_the_reference_once(tmp_path, fixture_dat
            "+hydra.callbacks.probe._target_=lock_probe.SweepProbe", f"+hydra.callbacks.probe.dir={probe}",
            "+hydra.callbacks.probe.jobs=3",
            "+callbacks.gate._target_=lock_probe.Gate", f"+callbacks.gate.ready={probe / 'ready'}",
-           f"+callbacks.gate.go={probe / 'waiting-*'}", "+callbacks.gate.count=2", "+callbacks.gate.prefix=scratch-"]
+           f"+callbacks.gate.go={probe / 'waiting-*'}", "+callbacks.gate.count=2", "+callbacks.gate.prefix=scratch-",
+           "+callbacks.gate.timeout=120"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     lines = out.stdout.splitlines()

@@ -166,8 +166,7 @@ class StageLock:
                     "directory has one writer. Let that run finish (rerun then to reuse its stages) or stop it; a "
                     "lock whose process is gone is taken over")
             if not waited:
-                say(f"{self.label}: waiting for {holder}, which is training {self.stage_dir}; "
-                    "it is used as done once finished")
+                say(f"{self.label}: waiting for {holder}, which is training it in {self.stage_dir}")
                 waited = True
             time.sleep(POLL_SECONDS)
 
