@@ -177,6 +177,19 @@ def test_a_remote_heartbeat_that_stops_moving_is_stale_whatever_the_clocks(tmp_p
     assert "waiting for host gpu-node-7 pid 1" in out[0] and "taking over" in out[1] and len(out) == 2
 
 
+def test_a_requeued_slurm_job_takes_over_the_lock_it_left_on_another_node(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    _plant(tmp_path, 4711, host="gpu-node-7", launch="slurm:77.0")  # killed at preemption, heartbeat still fresh
+    StageLock(tmp_path, "[x] reference").acquire(own=True)
+    assert read_holder(tmp_path / LOCK_FILE).pid == os.getpid()
+    assert "from host gpu-node-7 pid 4711, since" in capsys.readouterr().out
+    _plant(tmp_path, 4712, host="gpu-node-8", launch="slurm:78.0")  # another job: alive as far as anyone knows
+    with pytest.raises(ConfigError, match="host gpu-node-8 pid 4712"):
+        StageLock(tmp_path).acquire(own=True)
+
+
 def test_the_holder_refreshes_its_heartbeat(tmp_path, monkeypatch):
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.05)
     lk = StageLock(tmp_path)

@@ -13,7 +13,7 @@ creates `<stage dir>/writer.lock` first trains the stage; the lock file names it
 - A lock whose holder is gone is taken over with one line saying so: on the holder's own host when its process
   has exited (or its pid now belongs to another process); from another host, which cannot see the process, when
   the holder's heartbeat (the lock file's mtime, refreshed every HEARTBEAT_SECONDS by a thread) has not moved
-  for STALE_SECONDS.
+  for STALE_SECONDS; at once when it was taken by this very SLURM job before a preemption requeued it.
 
 The lock file is created whole with os.link from a temporary file (atomic on NFS and local filesystems alike,
 where O_EXCL is not on old NFS), falling back to O_CREAT|O_EXCL on filesystems without hard links.
@@ -179,7 +179,11 @@ class StageLock:
                         token=secrets.token_hex(8), boot_start=_boot_start(os.getpid()))
         data = json.dumps(asdict(holder)) + "\n"
         tmp = self.stage_dir / f".{LOCK_FILE}.{holder.token}"
-        tmp.write_text(data)
+        try:
+            tmp.write_text(data)
+        except OSError as error:  # a read-only or full filesystem: reported naming the lock, not its temporary name
+            error.filename = str(self.path)
+            raise
         try:
             try:
                 os.link(tmp, self.path)
@@ -205,6 +209,11 @@ class StageLock:
 
     def _stale(self, holder: Holder) -> str | None:
         """Why `holder` is gone, or None while it may be alive."""
+        mine = launch_key(rank_zero=True)
+        if holder.launch == mine and mine.startswith("slurm:") and holder.pid != os.getpid():
+            # SLURM runs one instance of a job at a time: a lock of this job id and step that is not this process's
+            # was left by the same job before it was preempted and requeued, on whichever node that was
+            return "left by this SLURM job before it was requeued"
         if holder.host == socket.gethostname():
             if holder.pid == os.getpid():
                 # fit_stage is not re-entered, so a lock of this very process is one an earlier fit left behind
