@@ -141,6 +141,18 @@ def test_a_lock_whose_process_exited_is_taken_over_with_one_line(tmp_path, capsy
     assert f"pid {pid}," in line and "its process has exited" in line
 
 
+def test_a_lock_file_naming_no_holder_is_taken_over_after_a_grace(tmp_path, fast, monkeypatch, capsys):
+    """Left by a process killed between creating the file and writing it (exclusive creation, on a filesystem
+    without hard links)."""
+    monkeypatch.setattr(lock, "UNREADABLE_SECONDS", 0.3)
+    (tmp_path / LOCK_FILE).write_text("")
+    start = time.monotonic()
+    _within(30, lambda: StageLock(tmp_path, "[x] reference").acquire(own=True))
+    assert time.monotonic() - start >= 0.3
+    assert read_holder(tmp_path / LOCK_FILE).pid == os.getpid()
+    assert capsys.readouterr().out == f"[x] reference: taking over the lock of {tmp_path}, which names no holder\n"
+
+
 def test_a_reused_pid_does_not_keep_a_lock(tmp_path, other_process, capsys):
     if lock._boot_start(other_process.pid) is None:
         pytest.skip("no /proc here: pid reuse is not told apart")

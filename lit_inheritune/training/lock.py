@@ -46,6 +46,7 @@ HEARTBEAT_SECONDS = 30.0
 # filesystem or a stalled disk does not hand a live stage to a second writer.
 STALE_SECONDS = 300.0
 POLL_SECONDS = 2.0
+UNREADABLE_SECONDS = 10.0  # a lock file without a holder in it for this long was left half-made
 # Lightning's DDP launcher re-runs the command for ranks 1.. with this process's environment: rank 0 records its
 # launch key here for them.
 LAUNCH_VARIABLE = "LIT_INHERITUNE_LAUNCH"
@@ -147,14 +148,20 @@ class StageLock:
     def acquire(self, own: bool) -> None:
         """Take the lock. Held by a live process: with `own` (a stage of this run) a ConfigError naming it; else
         wait, with one line naming it. Held by a process that is gone: taken over, with one line saying so."""
-        waited = False
+        waited, unreadable_since = False, None
         while True:
             if self._try_create():
                 return
             holder = read_holder(self.path)
-            if holder is None:  # released (or being written) just now
+            if holder is None:  # released just now, or created by O_EXCL and not written yet
+                unreadable_since = unreadable_since or time.monotonic()
+                if time.monotonic() - unreadable_since > UNREADABLE_SECONDS and self._break(None):
+                    # its creator died between creating and writing it (the O_EXCL fallback), or it was damaged
+                    say(f"{self.label}: taking over the lock of {self.stage_dir}, which names no holder")
+                    unreadable_since = None
                 time.sleep(0.05)
                 continue
+            unreadable_since = None
             reason = self._stale(holder)
             if reason:
                 if self._break(holder):
@@ -240,16 +247,16 @@ class StageLock:
             return f"its heartbeat is {age:.0f} s old, over {STALE_SECONDS:.0f} s"
         return None
 
-    def _break(self, holder: Holder) -> bool:
-        """Remove the stale lock of `holder`; False when another process removed it first or it is someone
-        else's by now (then it is put back)."""
+    def _break(self, holder: Holder | None) -> bool:
+        """Remove the stale lock of `holder` (None: the lock that names none); False when another process removed
+        it first or it is someone else's by now (then it is put back)."""
         aside = self.stage_dir / f".{LOCK_FILE}.stale.{secrets.token_hex(4)}"
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return False
         taken = read_holder(aside)
-        if taken is None or taken.token != holder.token:  # a fresh lock replaced the stale one meanwhile
+        if (taken and taken.token) != (holder and holder.token):  # a fresh lock replaced the stale one meanwhile
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
             aside.unlink(missing_ok=True)
