@@ -31,6 +31,7 @@ from lit_inheritune.training.callbacks import (
 )
 from lit_inheritune.training.grow import GrowCallback, Growth
 from lit_inheritune.training.identity import IDENTITY_FILE, check_stage_dir
+from lit_inheritune.training.lock import owned_by_run, stage_lock
 from lit_inheritune.training.stage_record import (
     CONFIG_FILE,
     RESULT_FILE,
@@ -118,7 +119,18 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     before this one that it does not nest (a fit per stage of a growing method), counted in its logged compute.
 
     The stage directory is reused only when the identity it recorded equals `identity` (training/identity.py):
-    a finished stage is skipped, a killed one continues from its last checkpoint with resume=true."""
+    a finished stage is skipped, a killed one continues from its last checkpoint with resume=true. One process
+    trains it (training/lock.py): a stage another process is training is waited for when it is shared by the
+    experiment's runs (the reference), an error when it is this run's own."""
+    done = Path(stage_dir) / (FIT_FILE if grow else RESULT_FILE)
+    with stage_lock(stage_dir, own=owned_by_run(cfg.run_dir, stage_dir), done=done.exists,
+                    label=header or f"[{cfg.name}] {stage}"):
+        return _fit_stage(cfg, module, datamodule, stage_dir, stage, identity, max_steps, header, grow)
+
+
+def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
+               stage_dir: Path, stage: str, identity: dict, max_steps: int | None, header: str,
+               grow: GrowCallback | None) -> dict:
     quiet_third_parties()
     stage_dir = Path(stage_dir)
     result_path = stage_dir / (FIT_FILE if grow else RESULT_FILE)
