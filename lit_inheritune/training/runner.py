@@ -125,12 +125,12 @@ def fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightnin
     done = Path(stage_dir) / (FIT_FILE if grow else RESULT_FILE)
     with stage_lock(stage_dir, own=owned_by_run(cfg.run_dir, stage_dir), done=done.exists,
                     label=header or f"[{cfg.name}] {stage}"):
-        return _fit_stage(cfg, module, datamodule, stage_dir, stage, identity, max_steps, header, grow)
+        return _fit_stage(cfg, module, datamodule, stage_dir, stage, identity, max_steps, header, grow, earlier)
 
 
 def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
                stage_dir: Path, stage: str, identity: dict, max_steps: int | None, header: str,
-               grow: GrowCallback | None) -> dict:
+               grow: GrowCallback | None, earlier: list[dict]) -> dict:
     quiet_third_parties()
     stage_dir = Path(stage_dir)
     result_path = stage_dir / (FIT_FILE if grow else RESULT_FILE)
