@@ -18,6 +18,10 @@ if not OmegaConf.has_resolver("mul"):
 # Inheritune's default target depth is half the reference's: ${idiv:${model.n_layer},2}.
 if not OmegaConf.has_resolver("idiv"):
     OmegaConf.register_new_resolver("idiv", lambda a, b: a // b)
+# hydra/launcher=slurm: a GPU per device of a GPU trainer, none (no --gpus-per-node) for a CPU one.
+if not OmegaConf.has_resolver("slurm_gpus"):
+    OmegaConf.register_new_resolver(
+        "slurm_gpus", lambda accelerator, devices: None if str(accelerator) == "cpu" else devices)
 
 
 def _source_tag(n_layer, blocks) -> str:
