@@ -1,8 +1,10 @@
 """On SLURM (hydra/launcher=slurm): the resources each paper experiment asks for are the ones its Trainer needs, and
 a preempted run saves, requeues and resumes exactly (training/preemption.py)."""
 
+import os
 import re
 
+import lightning as L
 import pytest
 from hydra.utils import instantiate
 
@@ -117,3 +119,168 @@ def _record(cfg):
 
     check_trainer(cfg)
     _recorded.append(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preemption
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """`fresh_process()`: the preemption state a new process starts with (no signal received, the signal's handler
+    the default); the handler before the test is restored after it."""
+    import signal
+
+    from lit_inheritune.training import preemption
+
+    signum = preemption.preemption_signal()
+    before = signal.getsignal(signum)
+
+    def reset():
+        monkeypatch.setattr(preemption, "_received", preemption._Received())
+        signal.signal(signum, signal.SIG_DFL)
+
+    reset()
+    yield reset
+    signal.signal(signum, before)
+
+
+class _SignalAt(L.Callback):
+    """Sends this process the preemption signal at the end of optimizer step `step`, as SLURM would, once."""
+
+    def __init__(self, step):
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lit_inheritune.training.preemption import preemption_signal
+
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), preemption_signal())
+
+
+def _stub_scontrol(tmp_path, monkeypatch):
+    """A `scontrol` first on PATH that records its arguments (one line per call) in the returned file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir / "calls"
+
+
+def _logged(run_dir):
+    import csv
+    from pathlib import Path
+
+    with open(Path(run_dir) / "csv" / "metrics.csv") as f:
+        return sorted((int(r["step"]), tuple(sorted(k for k, v in r.items() if v and k != "step")))
+                      for r in csv.DictReader(f))
+
+
+@pytest.mark.parametrize("signal_step, saved_step, restart", [
+    (13, 13, "SLURM_RESTART_COUNT"),  # between validations: saved at the step's end
+    (20, 21, "the stage's preempted file"),  # at a validation: one step later, after it ran
+])
+def test_a_preempted_run_saves_requeues_and_its_restart_ends_as_an_uninterrupted_run(
+        signal_step, saved_step, restart, tmp_path, fixture_data_dir, monkeypatch, capsys, fresh_process):
+    """The signal mid-run under SLURM (simulated: its variables, a stub scontrol): the run saves its checkpoint,
+    requeues its job and exits; the same command restarted (SLURM_RESTART_COUNT=1, or the stage's record of the
+    preemption) continues the stage without resume=true: the same W&B run, every CSV step once, and the weights of
+    a run never interrupted, bit for bit."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from conftest import TINY
+
+    from lit_inheritune.config import compose
+    from lit_inheritune.run import run
+    from lit_inheritune.training import preemption, runner
+
+    pytest.importorskip("wandb")
+
+    def cfg(root, logger="default"):
+        return compose([*TINY, f"paths.root_dir={root}", f"data.data_dir={fixture_data_dir}", f"logger={logger}",
+                        "name=pre"])
+
+    straight = cfg(tmp_path / "straight", logger="csv")  # W&B changes no number
+    [expected] = run(straight)
+
+    calls = _stub_scontrol(tmp_path, monkeypatch)
+    slurm_env(monkeypatch, 1, 1)
+    preempted = cfg(tmp_path / "preempted")
+    run_dir = Path(preempted.run_dir)
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _SignalAt(signal_step)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run(preempted)
+    assert stopped.value.code == preemption.EXIT_REQUEUED
+    out = capsys.readouterr().out
+    assert f"preempted (SIGUSR2): saved step {saved_step} to {run_dir / 'checkpoints' / 'last.ckpt'}" in out
+    assert "requeued SLURM job 4242: it continues from the checkpoint" in out
+    assert calls.read_text() == "requeue 4242\n"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_step
+    assert not (run_dir / "result.json").exists()
+    assert max(step for step, _ in _logged(run_dir)) < 40
+
+    # the job again, as SLURM starts it: a new process, the same command (no resume=true)
+    monkeypatch.setattr(runner, "_callbacks", original)
+    fresh_process()
+    if restart == "SLURM_RESTART_COUNT":
+        (run_dir / preemption.PREEMPTED_FILE).unlink()
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    else:
+        assert (run_dir / preemption.PREEMPTED_FILE).read_text() == f"{saved_step}\n"
+    capsys.readouterr()
+    [resumed] = run(preempted)
+    assert "(resuming from its last checkpoint)" in capsys.readouterr().out
+    assert calls.read_text() == "requeue 4242\n"  # not again
+    assert resumed["steps"] == 40 and not (run_dir / preemption.PREEMPTED_FILE).exists()
+    weights = torch.load(resumed["last_checkpoint"], weights_only=True)["state_dict"]
+    reference = torch.load(expected["last_checkpoint"], weights_only=True)["state_dict"]
+    assert weights.keys() == reference.keys()
+    assert all(torch.equal(weights[name], reference[name]) for name in reference)
+    assert resumed["val_loss"] == expected["val_loss"]
+    assert _logged(run_dir) == _logged(straight.run_dir)  # every logged step once, none lost
+
+    wandb_id = (run_dir / runner.WANDB_ID_FILE).read_text().strip()
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) >= 1 and {re.match(r"offline-run-\d+_\d+-([0-9a-z]+)", p.name).group(1) for p in runs} == {
+        wandb_id}, [p.name for p in runs]
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == 40
+
+
+def test_under_submitit_its_handler_requeues_once_the_checkpoint_is_saved(
+        tmp_path, fixture_data_dir, monkeypatch, fresh_process):
+    """Hydra's submitit launcher: submitit's handler for the signal (requeue, exit) is called after the checkpoint
+    is on disk, not when the signal arrives; scontrol is left to it."""
+    import signal
+    from pathlib import Path
+
+    import torch
+    from conftest import TINY
+
+    from lit_inheritune.config import compose
+    from lit_inheritune.run import run
+    from lit_inheritune.training import preemption, runner
+
+    calls = _stub_scontrol(tmp_path, monkeypatch)
+    slurm_env(monkeypatch, 1, 1)
+    cfg = compose([*TINY, f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}"])
+    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    seen = []
+
+    def submitit_handler(signum, frame):  # what submitit's SignalHandler.checkpoint_and_try_requeue does on rank 0
+        seen.append((signum, torch.load(last, weights_only=True)["global_step"]))
+        raise SystemExit(-1)
+
+    signal.signal(preemption.preemption_signal(), submitit_handler)
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _SignalAt(7)])
+    with pytest.raises(SystemExit) as stopped:
+        run(cfg)
+    assert stopped.value.code == -1
+    assert seen == [(preemption.preemption_signal(), 7)]
+    assert not calls.exists()
