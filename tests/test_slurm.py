@@ -255,7 +255,7 @@ def test_a_preempted_run_saves_requeues_and_its_restart_ends_as_an_uninterrupted
 def test_under_submitit_its_handler_requeues_once_the_checkpoint_is_saved(
         tmp_path, fixture_data_dir, monkeypatch, fresh_process):
     """Hydra's submitit launcher: submitit's handler for the signal (requeue, exit) is called after the checkpoint
-    is on disk, not when the signal arrives; scontrol is left to it."""
+    is on disk, not when the signal arrives; scontrol is left to it. Outside a fit the signal is submitit's."""
     import signal
     from pathlib import Path
 
@@ -284,3 +284,12 @@ def test_under_submitit_its_handler_requeues_once_the_checkpoint_is_saved(
     assert stopped.value.code == -1
     assert seen == [(preemption.preemption_signal(), 7)]
     assert not calls.exists()
+
+    # requeued: the stage ends, and the signal is submitit's again (between fits it requeues at once)
+    monkeypatch.setattr(runner, "_callbacks", original)
+    fresh_process()
+    signal.signal(preemption.preemption_signal(), submitit_handler)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    [result] = run(cfg)
+    assert result["steps"] == 40 and len(seen) == 1
+    assert signal.getsignal(preemption.preemption_signal()) is submitit_handler

@@ -38,8 +38,8 @@ EXIT_REQUEUED = 75  # sysexits' EX_TEMPFAIL: the job stopped to be continued
 
 
 class _Received:
-    """The preemption signal, once received, for the rest of the process: a stage that starts after it (the next
-    stage of a sweep's job) answers it at its first step."""
+    """The preemption signal, once received, for the rest of the process: a fit that starts after it (the job's
+    next stage) answers it at its first step."""
 
     signum: int | None = None
     previous = None  # the handler ours replaced: submitit's, under its launcher
@@ -90,6 +90,16 @@ def install() -> None:
         signal.signal(signum, _note)
 
 
+def uninstall() -> None:
+    """Give the signal back to the handler it had (submitit's) once a fit ends: between fits there is nothing to
+    save, and submitit requeues at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signum = preemption_signal()
+    if signal.getsignal(signum) is _note and _received.previous is not None:
+        signal.signal(signum, _received.previous)
+
+
 def _validates_now(trainer: L.Trainer) -> bool:
     # Lightning's own decision, made again at the end of the step. A checkpoint saved before a validation that is
     # due would resume past it (Lightning counts it as run), losing that evaluation's row and score.
@@ -109,6 +119,10 @@ class Preemption(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             install()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            uninstall()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._step = trainer.global_step
