@@ -4,9 +4,9 @@ a preempted run saves, requeues and resumes exactly (training/preemption.py)."""
 import os
 import re
 
-import lightning as L
 import pytest
 from hydra.utils import instantiate
+from slurm_signal import SignalAt
 
 from lit_inheritune.config import CONFIG_DIR
 
@@ -145,20 +145,6 @@ def fresh_process(monkeypatch):
     signal.signal(signum, before)
 
 
-class _SignalAt(L.Callback):
-    """Sends this process the preemption signal at the end of optimizer step `step`, as SLURM would, once."""
-
-    def __init__(self, step):
-        self.step, self.sent = step, False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        from lit_inheritune.training.preemption import preemption_signal
-
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), preemption_signal())
-
-
 def _stub_scontrol(tmp_path, monkeypatch):
     """A `scontrol` first on PATH that records its arguments (one line per call) in the returned file."""
     bin_dir = tmp_path / "bin"
@@ -212,7 +198,7 @@ def test_a_preempted_run_saves_requeues_and_its_restart_ends_as_an_uninterrupted
     preempted = cfg(tmp_path / "preempted")
     run_dir = Path(preempted.run_dir)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _SignalAt(signal_step)])
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), SignalAt(signal_step)])
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
         run(preempted)
@@ -278,7 +264,7 @@ def test_under_submitit_its_handler_requeues_once_the_checkpoint_is_saved(
 
     signal.signal(preemption.preemption_signal(), submitit_handler)
     original = runner._callbacks
-    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), _SignalAt(7)])
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), SignalAt(7)])
     with pytest.raises(SystemExit) as stopped:
         run(cfg)
     assert stopped.value.code == -1
@@ -293,3 +279,63 @@ def test_under_submitit_its_handler_requeues_once_the_checkpoint_is_saved(
     [result] = run(cfg)
     assert result["steps"] == 40 and len(seen) == 1
     assert signal.getsignal(preemption.preemption_signal()) is submitit_handler
+
+
+@pytest.mark.distributed
+@pytest.mark.subprocess
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_the_restart_is_exact(
+        tmp_path, fixture_data_dir, monkeypatch):
+    """Two SLURM tasks (trainer=ddp_cpu, started as srun would: one process per task, its SLURM_PROCID), the signal
+    reaching rank 1 only: both save the same step (a collective) and stop, rank 0 requeues; the same two commands
+    requeued end with the weights and log of an uninterrupted DDP run."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from conftest import TINY
+
+    from lit_inheritune.training import preemption
+
+    def command(root, *extra):
+        return [sys.executable, "-m", "lit_inheritune", *TINY, "trainer=ddp_cpu", f"paths.root_dir={root}",
+                f"data.data_dir={fixture_data_dir}", "name=ddp", *extra]
+
+    tests_dir = str(Path(__file__).parent)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("RANK", "LOCAL_RANK")}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, timeout=600, env=base)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    calls = _stub_scontrol(tmp_path, monkeypatch)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slurm = {**base, "PATH": os.environ["PATH"], "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+             "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "lit_inheritune",
+             "SLURM_NODELIST": "node001", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+    def srun(**extra):
+        cmd = command(tmp_path / "slurm", "+callbacks.signal._target_=slurm_signal.SignalAt",
+                      "+callbacks.signal.step=13", "+callbacks.signal.rank=1")
+        tasks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), **extra})
+                 for rank in (0, 1)]
+        return [(task.wait(timeout=600), *task.communicate()) for task in tasks]
+
+    run_dir = tmp_path / "slurm" / "outputs" / "ddp" / "scratch-L2-T40-s1"
+    first = srun()
+    assert [code for code, _, _ in first] == [preemption.EXIT_REQUEUED] * 2, first[0][2][-3000:] + first[1][2][-3000:]
+    assert "preempted (SIGUSR2): saved step 13" in first[0][1] and not first[1][1].strip()  # rank 0 speaks
+    assert calls.read_text() == "requeue 4242\n"  # once, by rank 0
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13
+
+    again = srun(SLURM_RESTART_COUNT="1")
+    assert [code for code, _, _ in again] == [0, 0], again[0][2][-3000:] + again[1][2][-3000:]
+    assert calls.read_text() == "requeue 4242\n"
+    straight_dir = tmp_path / "straight" / "outputs" / "ddp" / "scratch-L2-T40-s1"
+    weights, reference = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                          for d in (run_dir, straight_dir))
+    assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
+    assert _logged(run_dir) == _logged(straight_dir)

@@ -143,7 +143,7 @@ class Preemption(L.Callback):
 
     def _preempt(self, trainer: L.Trainer) -> NoReturn:
         ckpt = checkpoint_path(self.stage_dir)
-        trainer.save_checkpoint(ckpt)  # every rank calls it; rank 0 writes (atomically, AtomicCheckpointIO)
+        trainer.save_checkpoint(ckpt, weights_only=False)  # every rank calls it; rank 0 writes (atomically)
         signum = _received.signum or preemption_signal()
         if trainer.is_global_zero:
             write_text_atomic(self.stage_dir / PREEMPTED_FILE, f"{trainer.global_step}\n")
