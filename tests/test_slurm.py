@@ -165,8 +165,8 @@ def _logged(run_dir):
 
 
 @pytest.mark.parametrize("signal_step, saved_step, restart", [
-    (13, 13, "SLURM_RESTART_COUNT"),  # between validations: saved at the step's end
-    (20, 21, "the stage's preempted file"),  # at a validation: one step later, after it ran
+    (13, 13, "SLURM_RESTART_COUNT"),  # a step that neither validates nor logs: saved at its end
+    (20, 21, "the stage's preempted file"),  # a step that validates and logs: saved a step later, after they ran
 ])
 def test_a_preempted_run_saves_requeues_and_its_restart_ends_as_an_uninterrupted_run(
         signal_step, saved_step, restart, tmp_path, fixture_data_dir, monkeypatch, capsys, fresh_process):
@@ -322,7 +322,12 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_th
         tasks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env={**slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), **extra})
                  for rank in (0, 1)]
-        return [(task.wait(timeout=600), *task.communicate()) for task in tasks]
+        try:  # ranks that disagree on the step to stop at wait for each other's collectives for ever
+            outputs = [task.communicate(timeout=300) for task in tasks]
+            return [(task.returncode, *output) for task, output in zip(tasks, outputs)]
+        finally:
+            for task in tasks:
+                task.kill()
 
     run_dir = tmp_path / "slurm" / "outputs" / "ddp" / "scratch-L2-T40-s1"
     first = srun()
@@ -339,3 +344,49 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_th
                           for d in (run_dir, straight_dir))
     assert weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
     assert _logged(run_dir) == _logged(straight_dir)
+
+
+@pytest.mark.parametrize("signal_step, saved_step", [(20, 21), (25, 26)])
+def test_a_growing_run_preempted_at_or_after_its_growth_resumes_in_round_two_to_the_uninterrupted_weights(
+        signal_step, saved_step, tmp_path, fixture_data_dir, monkeypatch, capsys, shared_reference, fresh_process):
+    """Inheritune's rounds are one fit: the signal at step 20 (round 1's last step, a validation and the growth)
+    is answered at step 21, round 2's first, in the 3-layer model; at 25 within round 2, a step that logs, at 26.
+    The requeued run resumes round 2 at its depth and ends as a run never interrupted."""
+    from pathlib import Path
+
+    import torch
+    from conftest import TINY
+
+    from lit_inheritune.config import compose
+    from lit_inheritune.run import run
+    from lit_inheritune.training import preemption, runner
+
+    def cfg(root):
+        return compose([*TINY, "method=inheritune", "model.n_layer=4", "method.n_layer=2", "method.grow_by=1",
+                        "method.max_layers=3", "method.tolerance=-100", "train.max_steps=20",
+                        "train.val_every_n_steps=10", f"paths.root_dir={root}", f"data.data_dir={fixture_data_dir}"])
+
+    whole_cfg = shared_reference(cfg(tmp_path / "whole"))
+    whole = run(whole_cfg)
+    preempted = shared_reference(cfg(tmp_path / "preempted"))
+    run_dir = Path(preempted.run_dir)
+    _stub_scontrol(tmp_path, monkeypatch)
+    slurm_env(monkeypatch, 1, 1)
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), SignalAt(signal_step)])
+    with pytest.raises(SystemExit, match=str(preemption.EXIT_REQUEUED)):
+        run(preempted)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == saved_step
+    assert {k for k in ckpt["state_dict"] if ".h.2." in k}  # the grown, 3-layer model
+    assert (run_dir / "round1-L2" / "result.json").exists() and not (run_dir / "round2-L3" / "result.json").exists()
+
+    monkeypatch.setattr(runner, "_callbacks", original)
+    fresh_process()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    results = run(preempted)
+    assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"] == [r["stage"] for r in whole]
+    assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
+    mine, theirs = (torch.load(r[1]["last_checkpoint"], weights_only=True)["state_dict"] for r in (results, whole))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert _logged(run_dir) == _logged(whole_cfg.run_dir)

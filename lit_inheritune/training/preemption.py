@@ -3,9 +3,9 @@
 SLURM signals a job a while before it kills it: at its time limit, and on preemption when the cluster sets
 PreemptParameters=send_user_signal. conf/hydra/launcher/slurm.yaml asks for submitit's signal (USR2, or
 SUBMITIT_PREEMPT_SIGNAL) `signal_delay_s` before the kill. The handler installed here only notes the signal; the
-`Preemption` callback answers it once the optimizer step under way has ended, when the training state is whole:
-Lightning's own auto-requeue saves from inside the handler, which may run between two tensors of an optimizer
-update, and under DDP starts a collective in the middle of the step's own. The callback then
+`Preemption` callback answers it at the end of the next optimizer step that neither validates nor logs, when the
+training state is whole. (Lightning's own auto-requeue saves from inside the handler, which may run between two
+tensors of an optimizer update, and under DDP starts a collective in the middle of the step's own.) It then
 
 - saves checkpoints/last.ckpt (the stage's resume point) and writes `preempted` beside it,
 - requeues the job: under Hydra's submitit launcher by calling submitit's handler for the signal (it requeues with
@@ -100,11 +100,20 @@ def uninstall() -> None:
         signal.signal(signum, _received.previous)
 
 
-def _validates_now(trainer: L.Trainer) -> bool:
-    # Lightning's own decision, made again at the end of the step. A checkpoint saved before a validation that is
-    # due would resume past it (Lightning counts it as run), losing that evaluation's row and score.
+def _reports_now(trainer: L.Trainer) -> bool:
+    """Whether the step that just ended still validates or logs: Lightning does both after on_train_batch_end, so a
+    checkpoint saved before them resumes past them (it counts a due validation as run), losing that evaluation
+    (its row and score) or the step's row of train metrics. Lightning's own decisions, asked again."""
     loop = trainer.fit_loop
-    return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    validates = loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+    # a log every step leaves no quiet step to wait for
+    logs = trainer.log_every_n_steps > 1 and trainer._logger_connector.should_update_logs
+    return bool(validates or logs)
+
+
+# A validation step may be followed by a logging step; should more steps in a row report (a time-based
+# val_check_interval), the step is saved anyway: a row is lost rather than the job.
+MAX_POSTPONED = 3
 
 
 class Preemption(L.Callback):
@@ -114,7 +123,7 @@ class Preemption(L.Callback):
     def __init__(self, stage_dir: str | Path, stage: str = ""):
         self.stage_dir, self.stage = Path(stage_dir), stage
         self._step: int | None = None
-        self._postponed = False
+        self._postponed = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
@@ -136,8 +145,8 @@ class Preemption(L.Callback):
             return
         if trainer.global_step >= trainer.max_steps:
             return  # the fit ends with this step: it finishes (its result), and the process's next stage answers
-        if _validates_now(trainer) and not self._postponed:
-            self._postponed = True  # one step later: the signal leaves minutes, a step takes seconds
+        if _reports_now(trainer) and self._postponed < MAX_POSTPONED:
+            self._postponed += 1  # a step later: the signal leaves minutes, a step takes seconds
             return
         self._preempt(trainer)
 
