@@ -73,6 +73,35 @@ def test_the_slurm_launcher_asks_for_what_the_trainer_runs(experiment, monkeypat
         assert built.world_size == 1 != built.num_devices
 
 
+def test_the_sbatch_script_of_a_paper_sweep_asks_for_its_trainers_resources_and_the_signal(tmp_path, monkeypatch):
+    """The launcher itself, as `-m hydra/launcher=slurm experiment=gpt2_medium_16l seed=1,2` runs it, with a stub
+    sbatch that keeps the script it is given (and srun, whose presence submitit checks)."""
+    import submitit
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import HydraContext
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/script"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = _compose(["experiment=gpt2_medium_16l", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    hydra_config = HydraConfig.instance()
+    monkeypatch.setattr(hydra_config, "cfg", hydra_config.cfg)  # restored after the test
+    hydra_config.set_config(cfg)
+    monkeypatch.setattr(submitit.core.core.Job, "results", lambda self: [None])  # no SLURM to wait for
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=HydraContext(config_loader=None, callbacks=None), task_function=print, config=cfg)
+    launcher.launch([["seed=1"], ["seed=2"]], initial_job_idx=0)
+    script = (bin_dir / "script").read_text().splitlines()
+    for line in ("--array=0-1%2", "--nodes=1", "--ntasks-per-node=3", "--gpus-per-node=3", "--signal=USR2@300",
+                 "--time=4320"):
+        assert f"#SBATCH {line}" in script, script
+    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in script)
+
+
 def test_a_cpu_trainer_asks_slurm_for_no_gpus():
     cfg = _compose(["trainer=ddp_cpu", "trainer.num_nodes=2"])
     assert (cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.nodes) == (2, None, 2)
