@@ -105,12 +105,13 @@ def check_launcher(config: DictConfig) -> None:
         return
     t = config.trainer
     wanted = {}
-    for key, value in (("trainer.devices", t.get("devices")), ("trainer.num_nodes", t.get("num_nodes", 1))):
+    for key, value, unit in (("trainer.devices", t.get("devices"), "GPUs per node"),
+                             ("trainer.num_nodes", t.get("num_nodes", 1), "nodes")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(
                 f"{key}={value!r}: hydra/launcher=slurm asks SLURM for one task and one GPU per device on each "
-                f"node, so it needs {key} as a number; set {key}=<{'GPUs per node' if key.endswith('devices') else 'nodes'}>"
-                " (the gpt2_* experiments set trainer.devices=3)")
+                f"node, so it needs {key} as a number; set {key}=<{unit}> (the gpt2_* experiments set "
+                "trainer.devices=3)")
         wanted[key] = value
     asked = {"tasks_per_node": ("trainer.devices", wanted["trainer.devices"]),
              "nodes": ("trainer.num_nodes", wanted["trainer.num_nodes"])}
