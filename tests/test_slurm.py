@@ -237,6 +237,7 @@ def test_a_preempted_run_saves_requeues_and_its_restart_ends_as_an_uninterrupted
     assert "requeued SLURM job 4242: it continues from the checkpoint" in out
     assert calls.read_text() == "requeue 4242\n"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == saved_step
+    assert not list(run_dir.rglob("hpc_ckpt_*"))  # Lightning's auto-requeue is off: last.ckpt is the one resume point
     assert not (run_dir / "result.json").exists()
     assert max(step for step, _ in _logged(run_dir)) < 40
 
