@@ -420,3 +420,40 @@ def test_a_growing_run_preempted_at_or_after_its_growth_resumes_in_round_two_to_
     mine, theirs = (torch.load(r[1]["last_checkpoint"], weights_only=True)["state_dict"] for r in (results, whole))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert _logged(run_dir) == _logged(whole_cfg.run_dir)
+
+
+def test_a_signal_in_a_fits_last_step_lets_it_finish_and_the_jobs_next_fit_answers_it(
+        tmp_path, fixture_data_dir, monkeypatch, capsys, fresh_process):
+    """The signal at the reference's last step: the reference finishes (its result), and the growing fit that
+    follows in the same job saves at its first step and requeues; the restart reuses the reference."""
+    from pathlib import Path
+
+    import torch
+    from conftest import TINY
+
+    from lit_inheritune.config import compose
+    from lit_inheritune.run import run
+    from lit_inheritune.training import preemption, runner
+
+    cfg = compose([*TINY, "method=inheritune", "model.n_layer=4", "method.n_layer=2", "method.grow_by=1",
+                   "method.max_layers=3", "method.tolerance=-100", "train.max_steps=20", "train.val_every_n_steps=10",
+                   "reference.max_steps=20", f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}"])
+    calls = _stub_scontrol(tmp_path, monkeypatch)
+    slurm_env(monkeypatch, 1, 1)
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k),
+                                                               *([] if k.get("growing") else [SignalAt(20)])])
+    with pytest.raises(SystemExit, match=str(preemption.EXIT_REQUEUED)):
+        run(cfg)
+    run_dir = Path(cfg.run_dir)
+    [reference] = [p.parent for p in Path(cfg.paths.log_dir).rglob("result.json")]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert calls.read_text() == "requeue 4242\n"
+    stamp = (reference / "result.json").stat().st_mtime_ns
+
+    monkeypatch.setattr(runner, "_callbacks", original)
+    fresh_process()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    results = run(cfg)
+    assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"] and all(r["steps"] == 20 for r in results)
+    assert (reference / "result.json").stat().st_mtime_ns == stamp
