@@ -70,7 +70,7 @@ def check_trainer(cfg: DictConfig) -> None:
     if accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={accelerator!r} is not one of {', '.join(ACCELERATORS)} (or pick a "
                           "trainer config: trainer=cpu|gpu|ddp|ddp_cpu|fsdp)")
-    if accelerator in ("gpu", "cuda", "mps"):
+    if accelerator in ("gpu", "cuda", "mps") and not _JOBS_RUN_ELSEWHERE[0]:
         import torch
 
         mps = getattr(torch.backends, "mps", None)
@@ -86,6 +86,40 @@ def check_trainer(cfg: DictConfig) -> None:
         if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
             raise ConfigError(f"trainer.devices={devices} but this machine has {count} GPU(s); set "
                               f"trainer.devices={count} (or trainer.devices=auto)")
+
+
+# Set while a sweep whose launcher runs its jobs on other machines (SLURM) is checked on the machine that submits
+# it, often a login node without GPUs: the GPUs are checked where each job runs (run.run's preflight).
+_JOBS_RUN_ELSEWHERE = [False]
+
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def check_launcher(config: DictConfig) -> None:
+    """hydra/launcher=slurm (conf/hydra/launcher/slurm.yaml) asks SLURM for a task, and a GPU, per device of the
+    trainer on each of its nodes: Lightning under SLURM runs one process per task and stops unless
+    --ntasks-per-node equals trainer.devices and --nodes trainer.num_nodes. Checked before anything is submitted,
+    on the command's config (`config`, with its hydra node)."""
+    launcher = config.hydra.get("launcher") or {}
+    if launcher.get("_target_") != SLURM_LAUNCHER:
+        return
+    t = config.trainer
+    wanted = {}
+    for key, value, unit in (("trainer.devices", t.get("devices"), "GPUs per node"),
+                             ("trainer.num_nodes", t.get("num_nodes", 1), "nodes")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"{key}={value!r}: hydra/launcher=slurm asks SLURM for one task and one GPU per device on each "
+                f"node, so it needs {key} as a number; set {key}=<{unit}> (the gpt2_* experiments set "
+                "trainer.devices=3)")
+        wanted[key] = value
+    asked = {"tasks_per_node": ("trainer.devices", wanted["trainer.devices"]),
+             "nodes": ("trainer.num_nodes", wanted["trainer.num_nodes"])}
+    for name, (key, value) in asked.items():
+        given = OmegaConf.select(launcher, name)
+        if given != value:
+            raise ConfigError(f"hydra.launcher.{name}={given} but {key}={value}: Lightning under SLURM needs them "
+                              f"equal; leave hydra.launcher.{name} to follow {key}")
 
 
 def check_names(cfg: DictConfig) -> None:
@@ -288,8 +322,14 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with cli_errors():
-            for job in _sweep_jobs(config):
-                self.check(job)
+            check_launcher(config)
+            elsewhere = (config.hydra.get("launcher") or {}).get("_target_") == SLURM_LAUNCHER
+            _JOBS_RUN_ELSEWHERE[0] = elsewhere
+            try:
+                for job in _sweep_jobs(config):
+                    self.check(job)
+            finally:
+                _JOBS_RUN_ELSEWHERE[0] = False
 
 
 def _job_config(config: DictConfig) -> DictConfig:

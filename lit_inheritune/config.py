@@ -21,6 +21,10 @@ if not OmegaConf.has_resolver("idiv"):
 # train.compile's default: on where the trainer runs on an NVIDIA GPU (trainer=gpu, ddp, fsdp).
 if not OmegaConf.has_resolver("on_gpu"):
     OmegaConf.register_new_resolver("on_gpu", lambda accelerator: accelerator in ("gpu", "cuda"))
+# hydra/launcher=slurm: a GPU per device of a GPU trainer, none (no --gpus-per-node) for a CPU one.
+if not OmegaConf.has_resolver("slurm_gpus"):
+    OmegaConf.register_new_resolver(
+        "slurm_gpus", lambda accelerator, devices: None if str(accelerator) == "cpu" else devices)
 
 
 def _source_tag(n_layer, blocks) -> str:

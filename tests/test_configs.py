@@ -63,7 +63,8 @@ def test_slurm_launcher_composes():
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
-    assert cfg.hydra.launcher.gpus_per_node == 1
+    # the default trainer's: one CPU process (the paper experiments' resources: tests/test_slurm.py)
+    assert (cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.nodes) == (1, None, 1)
     assert "submitit" in cfg.hydra.launcher._target_
 
 

@@ -3,7 +3,8 @@
 `fit_stage` trains one stage (the reference, a scratch run, a one-stage baseline) and writes its result.json.
 `fit_growth` trains the stages of a growing method (Inheritune's rounds, stacking) in one fit in the run
 directory, the GrowCallback growing the model between them (training/grow.py), and writes fit.json. A fit whose
-result file exists is done and is skipped; a killed one continues from its last checkpoint with resume=true.
+result file exists is done and is skipped; a killed one continues from its last checkpoint with resume=true (a
+requeued SLURM job's without it: training/preemption.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_inheritune.errors import ConfigError, DivergenceError, Interrupted
 from lit_inheritune.io import write_json_atomic, write_text_atomic
+from lit_inheritune.training import preemption
 from lit_inheritune.training.callbacks import (
     AtomicCheckpointIO,
     ComputeMonitor,
@@ -143,7 +145,7 @@ def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightni
         say(f"{header}: already done, val loss {result['val_loss']:.4f} ({stage_dir})")
         return result
     last = checkpoint_path(stage_dir)
-    if last.exists() and not cfg.resume:
+    if last.exists() and not cfg.resume and not preemption.requeued(stage_dir):
         raise ConfigError(
             f"{last} exists: pass resume=true to continue that run, or remove {stage_dir} to start over"
         )
@@ -151,6 +153,8 @@ def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightni
     wandb_id = _wandb_run_id(stage_dir)
     callbacks = [*_callbacks(cfg, stage_dir, stage, growing=grow is not None), *([grow] if grow else []),
                  ComputeMonitor(identity, earlier)]
+    if preemption.on_slurm():
+        callbacks.append(preemption.Preemption(stage_dir, stage))
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
     # Built before anything is written: a Trainer that cannot be built (checks.check_trainer catches the usual
     # causes first) leaves no directory that would refuse the corrected command.
@@ -158,7 +162,7 @@ def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightni
         cfg.trainer,
         logger=_loggers(cfg, stage_dir, None if grow else stage, module.model.config.n_layer, wandb_id) or False,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *preemption.cluster_plugins()],
         default_root_dir=str(stage_dir),
         max_steps=steps,
     )
@@ -195,6 +199,7 @@ def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightni
         result["stages"] = [r["stage"] for r in grow.results]
     if trainer.is_global_zero:
         write_json_atomic(result_path, result)
+        (stage_dir / preemption.PREEMPTED_FILE).unlink(missing_ok=True)  # done: nothing left to resume
     _finish_wandb(trainer)
     return result
 
