@@ -178,6 +178,30 @@ def test_finished_reference_is_found_from_another_working_directory(tmp_path, fi
     assert [r["stage"] for r in results] == ["round1-L2"]
 
 
+def test_a_given_reference_is_scored_under_the_trainers_precision(tmp_path, fixture_data_dir):
+    """reference=ckpt: the reference's val loss, which the stop rule compares with each round's at tolerance 0, is
+    measured as the rounds are validated, under trainer.precision: a checkpoint trained under bf16-mixed scores what
+    its own run's last validation scored, to the last bit, not its fp32 loss."""
+    from hydra.utils import instantiate
+
+    from lit_inheritune.methods.base import measure
+
+    bf16 = "trainer.precision=bf16-mixed"
+    [ref] = run(compose([*TINY, "model.n_layer=4", "train.max_steps=10", "train.val_every_n_steps=10", bf16,
+                         f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=ref"]))
+    given = ["reference=ckpt", f"reference.ckpt={ref['last_checkpoint']}", "method.tolerance=100",
+             "train.max_steps=10"]
+    cfg = _cfg(tmp_path, fixture_data_dir, bf16, *given)
+    run(cfg)
+    stages = json.loads((Path(cfg.run_dir) / "stages.json").read_text())
+    assert stages["reference"]["val_loss"] == ref["val_loss"]
+    # the premise: in fp32 the same weights score another number
+    fp32 = _cfg(tmp_path, fixture_data_dir, *given)
+    datamodule = instantiate(fp32.data)
+    datamodule.setup()
+    assert measure(make_run(fp32), load_checkpoint(ref["last_checkpoint"]), datamodule)["val_loss"] != ref["val_loss"]
+
+
 def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixture_data_dir):
     wide = compose([*TINY, "model.n_layer=4", "model.n_embd=64", "train.max_steps=10", "train.val_every_n_steps=10",
                     f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=wide"])
