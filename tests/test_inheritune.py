@@ -91,12 +91,15 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert load_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
-    # the run's log has every step once, the stage's slice counts from the stage's start
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        val_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")]
-    assert val_steps == [9, 19, 29, 39]
-    with open(run_dir / "round2-L3" / "csv" / "metrics.csv") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")] == [9, 19]
+    # the run's log has every step once (each round's start scored at its first step: 0 and 20), the same rows as the
+    # uninterrupted run's; the stage's slice counts from the stage's start
+    def val_rows(stage_dir):
+        with open(stage_dir / "csv" / "metrics.csv") as f:
+            return [(int(r["step"]), r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
+
+    assert [step for step, _ in val_rows(run_dir)] == [0, 9, 19, 20, 29, 39]
+    assert val_rows(run_dir) == val_rows(Path(whole[1]["last_checkpoint"]).parents[2])
+    assert [step for step, _ in val_rows(run_dir / "round2-L3")] == [0, 9, 19]
     table = (run_dir / "stages.md").read_text()
     assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
 
