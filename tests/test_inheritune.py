@@ -93,18 +93,122 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     assert load_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
     # the run's log has every step once (each round's start scored at its first step: 0 and 20), the same rows as the
     # uninterrupted run's; the stage's slice counts from the stage's start
-    def val_rows(stage_dir):
-        with open(stage_dir / "csv" / "metrics.csv") as f:
-            return [(int(r["step"]), r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
-
-    assert [step for step, _ in val_rows(run_dir)] == [0, 9, 19, 20, 29, 39]
-    assert val_rows(run_dir) == val_rows(Path(whole[1]["last_checkpoint"]).parents[2])
-    assert [step for step, _ in val_rows(run_dir / "round2-L3")] == [0, 9, 19]
+    assert [step for step, _ in _val_rows(run_dir)] == [0, 9, 19, 20, 29, 39]
+    assert _val_rows(run_dir) == _val_rows(Path(whole[1]["last_checkpoint"]).parents[2])
+    assert [step for step, _ in _val_rows(run_dir / "round2-L3")] == [0, 9, 19]
     table = (run_dir / "stages.md").read_text()
     assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
 
     again = run(_cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}", "resume=true"))
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in results]  # done: read, not trained
+
+
+def _val_rows(stage_dir):
+    with open(Path(stage_dir) / "csv" / "metrics.csv") as f:
+        return [(int(r["step"]), r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
+
+
+def test_the_checkpoint_at_a_round_boundary_is_round_two_at_its_start_and_resumes_from_there(
+        tmp_path, fixture_data_dir, monkeypatch, initial_models, shared_reference):
+    """The run's checkpoint written when round 1 ends (step 20) is round 2 before its first step: the grown 3-layer
+    model, an optimizer built around it with no state, the schedule at its step 0, the GrowCallback in round 2. A fit
+    killed before its next checkpoint resumes from it to the uninterrupted run's weights, val losses and log rows
+    (round 2's start scored once)."""
+    whole = run(shared_reference(_cfg(tmp_path / "whole", fixture_data_dir)))
+    cfg = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir))
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
+        [_KillAtStep(25)] if k.get("growing") else [])])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
+    monkeypatch.setattr(runner, "_callbacks", original)
+    run_dir = Path(cfg.run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 20 and ckpt["callbacks"]["GrowCallback"]["index"] == 1
+    assert ckpt["hyper_parameters"]["model"]["n_layer"] == 3
+    grown = initial_models["round2-L3"].state_dict()  # what the growth built, before any step
+    assert ckpt["state_dict"].keys() == {f"model.{k}" for k in grown}
+    assert all(torch.equal(ckpt["state_dict"][f"model.{k}"], v) for k, v in grown.items())
+    [optimizer] = ckpt["optimizer_states"]
+    assert optimizer["state"] == {}  # fresh: no moments, no step counts (the paper's new optimizer per round)
+    assert sum(len(g["params"]) for g in optimizer["param_groups"]) == len(list(initial_models["round2-L3"].parameters()))
+    [schedule] = ckpt["lr_schedulers"]
+    assert schedule["last_epoch"] == 0
+    lr, warmup = float(cfg.optim.lr), int(cfg.optim.warmup_steps)
+    assert all(g["lr"] == pytest.approx(lr / (warmup + 1)) for g in optimizer["param_groups"])  # warmup's first step
+
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, "resume=true"))
+    assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
+    mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert _val_rows(run_dir) == _val_rows(tmp_path / "whole" / run_dir.relative_to(tmp_path / "killed"))
+    assert [step for step, _ in _val_rows(run_dir)] == [0, 9, 19, 20, 29, 39]
+
+
+class _Trace(L.Callback):
+    """Per micro-batch: its optimizer step, the stage being trained and its depth, the scheduler's step, the lr it
+    is trained at and the batch's tokens."""
+
+    def __init__(self, into: list):
+        self.into = into
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from lit_inheritune.training.grow import GrowCallback
+
+        [grow] = [c for c in trainer.callbacks if isinstance(c, GrowCallback)]
+        self.into.append((trainer.global_step, grow.index, pl_module.model.config.n_layer,
+                          trainer.lr_scheduler_configs[0].scheduler.last_epoch,
+                          trainer.optimizers[0].param_groups[0]["lr"], batch[0].tolist()))
+
+
+def test_growth_and_resume_with_gradient_accumulation_keep_the_stream_schedule_and_boundary(
+        tmp_path, fixture_data_dir, monkeypatch, shared_reference):
+    """train.accumulate_grad_batches=2 (every paper config accumulates): each optimizer step takes the next two
+    micro-batches of the seed's stream (round 2 continuing at micro-batch 40), the schedule restarts at the boundary
+    (step 20, not micro-batch 20) and counts optimizer steps; killed mid-round-2 (step 35, checkpoint at 30) and
+    resumed, the fit sees the same micro-batches, schedule and stages as the uninterrupted one, and ends with its
+    weights to the bit."""
+    from hydra.utils import instantiate
+
+    from lit_inheritune.data.datamodule import TrainWindows
+    from lit_inheritune.training.optim import OptimConfig, WarmupCosine
+
+    accumulate = "train.accumulate_grad_batches=2"
+    original = runner._callbacks
+
+    def traced(into, *extra):
+        monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
+            [_Trace(into), *extra] if k.get("growing") else [])])
+
+    whole_trace, killed_trace, resumed_trace = [], [], []
+    cfg = shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, accumulate))
+    traced(whole_trace)
+    whole = run(cfg)
+    killed = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, accumulate))
+    traced(killed_trace, _KillAtStep(35))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(killed)
+    assert torch.load(Path(killed.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    traced(resumed_trace)
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, accumulate, "resume=true"))
+
+    # the uninterrupted fit: 40 steps of 2 micro-batches, micro-batches 0..79 of the seed's stream in order
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    windows = iter(TrainWindows(datamodule.train_tokens, datamodule.block_size, datamodule.batch_size, cfg.seed,
+                                datamodule.sampling))
+    assert [x for *_, x in whole_trace] == [next(windows)[0].tolist() for _ in range(80)]
+    schedule = WarmupCosine(OptimConfig(**{**{k: v for k, v in cfg.optim.items() if k != "_target_"},
+                                           "decay_steps": 20}))
+    for i, (step, index, n_layer, scheduler_step, lr, _) in enumerate(whole_trace):
+        assert step == i // 2 and index == step // 20 and n_layer == [2, 3][index], i
+        assert scheduler_step == step - 20 * index and lr == pytest.approx(cfg.optim.lr * schedule(scheduler_step)), i
+    # killed and resumed: the same micro-batches, stages and schedule, the steps after the checkpoint trained again
+    assert [t for t in killed_trace if t[0] < 30] + resumed_trace == whole_trace
+    assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
+    assert all(r["tokens"] == 20 * 2 * datamodule.tokens_per_step for r in results)
+    mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir, shared_reference):
