@@ -290,10 +290,11 @@ def test_finished_reference_is_found_from_another_working_directory(tmp_path, fi
     assert [r["stage"] for r in results] == ["round1-L2"]
 
 
-def test_a_given_reference_is_scored_under_the_trainers_precision(tmp_path, fixture_data_dir):
+def test_a_given_reference_is_scored_under_the_trainers_precision(tmp_path, fixture_data_dir, initial_models):
     """reference=ckpt: the reference's val loss, which the stop rule compares with each round's at tolerance 0, is
     measured as the rounds are validated, under trainer.precision: a checkpoint trained under bf16-mixed scores what
-    its own run's last validation scored, to the last bit, not its fp32 loss."""
+    its own run's last validation scored, to the last bit, not its fp32 loss. Round 1's start (validated before its
+    first step) is scored the same way."""
     from hydra.utils import instantiate
 
     from lit_inheritune.methods.base import measure
@@ -312,6 +313,11 @@ def test_a_given_reference_is_scored_under_the_trainers_precision(tmp_path, fixt
     datamodule = instantiate(fp32.data)
     datamodule.setup()
     assert measure(make_run(fp32), load_checkpoint(ref["last_checkpoint"]), datamodule)["val_loss"] != ref["val_loss"]
+    from lit_inheritune.report import val_curve
+
+    start = val_curve(Path(cfg.run_dir) / "round1-L2")[0]
+    assert start == measure(make_run(cfg), initial_models["round1-L2"], datamodule)["val_loss"]
+    assert start != measure(make_run(fp32), initial_models["round1-L2"], datamodule)["val_loss"]
 
 
 def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixture_data_dir):
