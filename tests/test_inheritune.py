@@ -168,17 +168,17 @@ def _digest(tokens: torch.Tensor) -> str:
 
 def test_growth_and_resume_with_gradient_accumulation_keep_the_stream_schedule_and_boundary(
         tmp_path, fixture_data_dir, monkeypatch, shared_reference):
-    """train.accumulate_grad_batches=2 (every paper config accumulates): each optimizer step takes the next two
-    micro-batches of the seed's stream (round 2 continuing at micro-batch 40), the schedule restarts at the boundary
-    (step 20, not micro-batch 20) and counts optimizer steps; killed mid-round-2 (step 35, checkpoint at 30) and
-    resumed, the fit sees the same micro-batches, schedule and stages as the uninterrupted one, and ends with its
+    """train.accumulate_grad_batches=2 (every paper config accumulates), T = 10: each optimizer step takes the next
+    two micro-batches of the seed's stream (round 2 continuing at micro-batch 20), the schedule restarts at the
+    boundary (step 10, not micro-batch 10) and counts optimizer steps; killed mid-round-2 (step 17, checkpoint at 15)
+    and resumed, the fit sees the same micro-batches, schedule and stages as the uninterrupted one, and ends with its
     weights to the bit."""
     from hydra.utils import instantiate
 
     from lit_inheritune.data.datamodule import TrainWindows
     from lit_inheritune.training.optim import OptimConfig, WarmupCosine
 
-    accumulate = "train.accumulate_grad_batches=2"
+    accumulate = ["train.accumulate_grad_batches=2", "train.max_steps=10", "train.val_every_n_steps=5"]
     original = runner._callbacks
 
     def traced(into, *extra):
@@ -186,32 +186,32 @@ def test_growth_and_resume_with_gradient_accumulation_keep_the_stream_schedule_a
             [_Trace(into), *extra] if k.get("growing") else [])])
 
     whole_trace, killed_trace, resumed_trace = [], [], []
-    cfg = shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, accumulate))
+    cfg = shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, *accumulate))
     traced(whole_trace)
     whole = run(cfg)
-    killed = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, accumulate))
-    traced(killed_trace, _KillAtStep(35))
+    killed = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, *accumulate))
+    traced(killed_trace, _KillAtStep(17))
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(killed)
-    assert torch.load(Path(killed.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    assert torch.load(Path(killed.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
     traced(resumed_trace)
-    results = run(_cfg(tmp_path / "killed", fixture_data_dir, accumulate, "resume=true"))
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, *accumulate, "resume=true"))
 
-    # the uninterrupted fit: 40 steps of 2 micro-batches, micro-batches 0..79 of the seed's stream in order
+    # the uninterrupted fit: 20 steps of 2 micro-batches, micro-batches 0..39 of the seed's stream in order
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     windows = iter(TrainWindows(datamodule.train_tokens, datamodule.block_size, datamodule.batch_size, cfg.seed,
                                 datamodule.sampling))
-    assert [x for *_, x in whole_trace] == [_digest(next(windows)[0]) for _ in range(80)]
+    assert [x for *_, x in whole_trace] == [_digest(next(windows)[0]) for _ in range(40)]
     schedule = WarmupCosine(OptimConfig(**{**{k: v for k, v in cfg.optim.items() if k != "_target_"},
-                                           "decay_steps": 20}))
+                                           "decay_steps": 10}))
     for i, (step, index, n_layer, scheduler_step, lr, _) in enumerate(whole_trace):
-        assert step == i // 2 and index == step // 20 and n_layer == [2, 3][index], i
-        assert scheduler_step == step - 20 * index and lr == pytest.approx(cfg.optim.lr * schedule(scheduler_step)), i
+        assert step == i // 2 and index == step // 10 and n_layer == [2, 3][index], i
+        assert scheduler_step == step - 10 * index and lr == pytest.approx(cfg.optim.lr * schedule(scheduler_step)), i
     # killed and resumed: the same micro-batches, stages and schedule, the steps after the checkpoint trained again
-    assert [t for t in killed_trace if t[0] < 30] + resumed_trace == whole_trace
+    assert [t for t in killed_trace if t[0] < 15] + resumed_trace == whole_trace
     assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
-    assert all(r["tokens"] == 20 * 2 * datamodule.tokens_per_step for r in results)
+    assert all(r["tokens"] == 10 * 2 * datamodule.tokens_per_step for r in results)
     mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
