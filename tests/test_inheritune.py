@@ -111,21 +111,22 @@ def _val_rows(stage_dir):
 
 def test_the_checkpoint_at_a_round_boundary_is_round_two_at_its_start_and_resumes_from_there(
         tmp_path, fixture_data_dir, monkeypatch, initial_models, shared_reference):
-    """The run's checkpoint written when round 1 ends (step 20) is round 2 before its first step: the grown 3-layer
+    """The run's checkpoint written when round 1 ends (step 10, T = 10) is round 2 before its first step: the grown 3-layer
     model, an optimizer built around it with no state, the schedule at its step 0, the GrowCallback in round 2. A fit
     killed before its next checkpoint resumes from it to the uninterrupted run's weights, val losses and log rows
     (round 2's start scored once)."""
-    whole = run(shared_reference(_cfg(tmp_path / "whole", fixture_data_dir)))
-    cfg = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir))
+    short = ["train.max_steps=10", "train.val_every_n_steps=5"]
+    whole = run(shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, *short)))
+    cfg = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, *short))
     original = runner._callbacks
     monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
-        [_KillAtStep(25)] if k.get("growing") else [])])
+        [_KillAtStep(12)] if k.get("growing") else [])])
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(cfg)
     monkeypatch.setattr(runner, "_callbacks", original)
     run_dir = Path(cfg.run_dir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 20 and ckpt["callbacks"]["GrowCallback"]["index"] == 1
+    assert ckpt["global_step"] == 10 and ckpt["callbacks"]["GrowCallback"]["index"] == 1
     assert ckpt["hyper_parameters"]["model"]["n_layer"] == 3
     grown = initial_models["round2-L3"].state_dict()  # what the growth built, before any step
     assert ckpt["state_dict"].keys() == {f"model.{k}" for k in grown}
@@ -138,12 +139,12 @@ def test_the_checkpoint_at_a_round_boundary_is_round_two_at_its_start_and_resume
     lr, warmup = float(cfg.optim.lr), int(cfg.optim.warmup_steps)
     assert all(g["lr"] == pytest.approx(lr / (warmup + 1)) for g in optimizer["param_groups"])  # warmup's first step
 
-    results = run(_cfg(tmp_path / "killed", fixture_data_dir, "resume=true"))
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, *short, "resume=true"))
     assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
     mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert _val_rows(run_dir) == _val_rows(tmp_path / "whole" / run_dir.relative_to(tmp_path / "killed"))
-    assert [step for step, _ in _val_rows(run_dir)] == [0, 9, 19, 20, 29, 39]
+    assert [step for step, _ in _val_rows(run_dir)] == [0, 4, 9, 10, 14, 19]
 
 
 class _Trace(L.Callback):
