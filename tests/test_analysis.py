@@ -275,3 +275,50 @@ def test_bf16_forward_agrees_with_fp32_and_leaves_autocast_off():
     assert np.allclose(exact["max_rank"], fast["max_rank"], atol=0.5)
     with pytest.raises(AnalysisError, match="precision"):
         measure_attention(model, tokens, n_seq=2, seq_len=8, precision="fp8")
+
+
+def one_hot_groups(T: int, k: int) -> torch.Tensor:
+    """T x T causal attention whose rows fall in k equal groups, each attending only to its group's first token:
+    the squared singular values are the groups' sizes (A^T A is diagonal), T/k each, so the top-i energy fraction is
+    i/k and k* is the smallest i with i/k >= tau (k = 1 is the sink)."""
+    A = torch.zeros(T, T)
+    for g in range(k):
+        rows = slice(g * T // k, (g + 1) * T // k)
+        A[rows, g * T // k] = 1.0
+    return A
+
+
+def test_max_rank_is_the_max_over_heads_and_avg_rank_the_mean(monkeypatch):
+    """A model whose heads have known ranks, different per head, layer and sequence (T = 16): one-hot groups of
+    1, 2 and 4 columns (k* = 1, 2, 4 at tau 0.9; 1, 1, 2 at tau 0.5) and the causal identity (k* = 15 at 0.9, 8 at
+    0.5). Rank(h, l) is the mean over sequences, MaxRank(l) the max over heads, AvgRank(l) their mean."""
+    from lit_inheritune.models import gpt
+
+    T, taus = 16, (0.5, 0.9)
+    known = {"sink": one_hot_groups(T, 1), "two": one_hot_groups(T, 2), "four": one_hot_groups(T, 4),
+             "eye": torch.eye(T)}
+    k_star = {0.5: {"sink": 1, "two": 1, "four": 2, "eye": 8}, 0.9: {"sink": 1, "two": 2, "four": 4, "eye": 15}}
+    # per layer, per head: the pattern on even and on odd sequences
+    heads = [[("two", "two"), ("eye", "eye"), ("sink", "sink"), ("four", "four")],
+             [("sink", "four"), ("two", "two"), ("sink", "sink"), ("four", "two")]]
+    seen = [0]  # sequences measured so far: the analysis batches them
+
+    def known_attention(model, idx):
+        B = idx.size(0)
+        parity = [(seen[0] + b) % 2 for b in range(B)]
+        seen[0] += B
+        for layer in heads:
+            yield torch.stack([torch.stack([known[head[p]] for head in layer]) for p in parity])  # (B, H, T, T)
+
+    monkeypatch.setattr(gpt, "attention_per_layer", known_attention)
+    model = tiny_gpt(n_layer=2, n_head=4, block_size=T)
+    report = measure_attention(model, np.arange(500, dtype=np.uint16), n_seq=6, seq_len=T, taus=taus, batch_size=4)
+    for tau in taus:
+        rank = [[(k_star[tau][even] + k_star[tau][odd]) / 2 for even, odd in layer] for layer in heads]
+        per = report["per_tau"][f"{tau:g}"]
+        assert per["rank"] == rank, tau
+        assert per["max_rank"] == [max(r) for r in rank], tau
+        assert per["avg_rank"] == [sum(r) / len(r) for r in rank], tau
+    # at the paper's tau: layer 0 peaks at its identity head (15) and averages 5.5; layer 1 at 3 and averages 2.125
+    assert report["max_rank"] == [15.0, 3.0] and report["avg_rank"] == [5.5, 2.125]
+    assert report["lazy_layers"] == [] and report["per_tau"]["0.9"]["near_rank1_heads"] == [1, 1]

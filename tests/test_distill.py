@@ -63,3 +63,49 @@ def test_teacher_gets_no_gradient_no_optimizer_state_and_is_not_saved():
     optimizer.step()
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert all(k.startswith("model.") for k in module.state_dict())
+
+
+def test_the_configured_alpha_and_temperature_reach_the_loss_each_training_step_returns(
+        tmp_path, fixture_data_dir, monkeypatch, shared_reference):
+    """method=kd with alpha=0.3, temperature=2 and min_lr set: every training step of the run returns (and logs)
+    0.3 * CE + 0.7 * 2^2 * KL(teacher || student) at temperature 2, computed here by hand from the step's batch, the
+    student as it is at that step and the trained reference loaded from its checkpoint; the student's schedule
+    floors at method.min_lr."""
+    import torch.nn.functional as F
+    from conftest import TINY
+
+    from lit_inheritune.config import compose
+    from lit_inheritune.methods import reference_dir
+    from lit_inheritune.models import load_checkpoint
+    from lit_inheritune.run import run
+
+    alpha, t, min_lr = 0.3, 2.0, 2e-4
+    cfg = shared_reference(compose([*TINY, "method=kd", "model.n_layer=4", "method.n_layer=2", f"method.alpha={alpha}",
+                                    f"method.temperature={t}", f"method.min_lr={min_lr}", "train.max_steps=10",
+                                    "train.val_every_n_steps=10", f"paths.root_dir={tmp_path}",
+                                    f"data.data_dir={fixture_data_dir}"]))
+    teacher = load_checkpoint(reference_dir(cfg) / "checkpoints" / "last.ckpt").eval()
+    steps = []
+    training_step = DistillationLM.training_step
+
+    def checked(self, batch, batch_idx):
+        x, y = batch
+        with torch.no_grad():
+            student, reference = self.model(x)["logits"], teacher(x)["logits"]
+            V = student.size(-1)
+            ce = F.cross_entropy(student.reshape(-1, V), y.reshape(-1))
+            p_t = (reference / t).softmax(-1)
+            kl = (p_t * (p_t.log() - (student / t).log_softmax(-1))).sum(-1).mean() * t * t
+            floor = self.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0].floor
+        loss = training_step(self, batch, batch_idx)
+        steps.append((loss.item(), (alpha * ce + (1 - alpha) * kl).item(), (0.6 * ce + 0.4 * kl / t / t).item(),
+                      floor))
+        return loss
+
+    monkeypatch.setattr(DistillationLM, "training_step", checked)
+    [result] = run(cfg)
+    assert result["stage"] == "student-L2" and len(steps) == 10
+    for loss, want, default, floor in steps:
+        assert loss == pytest.approx(want, rel=1e-5)
+        assert default != pytest.approx(want, rel=1e-3)  # the premise: the defaults' loss is another number
+        assert floor == pytest.approx(min_lr / cfg.optim.lr)

@@ -1,5 +1,6 @@
 """The recipe under DDP and FSDP on two CPU processes (gloo)."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -24,6 +25,10 @@ def test_inheritune_grow_under_ddp_keeps_ranks_identical(tmp_path, fixture_data_
         digests = json.loads((run_dir / stage / "weights_digest.json").read_text())["ranks"]
         assert len(digests) == 2 and digests[0] == digests[1]
         assert json.loads((run_dir / stage / "result.json").read_text())["n_layer"] == int(stage[-1])
+    # each round's starting model was scored (by both ranks, on their shares of the val windows) at its first step
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        starts = {int(r["step"]): float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/stage_start")}
+    assert sorted(starts) == [0, 10] and all(0 < v < 10 for v in starts.values())
 
 
 def test_fsdp_trains_with_global_norm_clipping(tmp_path, fixture_data_dir):

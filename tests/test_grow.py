@@ -211,6 +211,7 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
     from omegaconf import OmegaConf
 
     from lit_inheritune.methods import make_run
+    from lit_inheritune.methods.base import measure
     from lit_inheritune.training.lm import CausalLM
 
     cfg = shared_reference(_cfg(tmp_path, fixture_data_dir))
@@ -224,12 +225,23 @@ def test_round_two_is_a_fit_of_its_own_on_the_batches_that_follow_round_one(tmp_
 
     datamodule = FromStepT(**{k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
                               if k != "_target_"})
+    start = measure(make_run(cfg), initial_models["round2-L3"], datamodule)["val_loss"]  # before it trains below
     module = CausalLM(initial_models["round2-L3"], make_run(cfg).optim(cfg.train.max_steps), {"stage": "alone"})
     alone = runner.fit_stage(cfg, module, datamodule, tmp_path / "alone", stage="alone", identity={"alone": 1},
                              max_steps=int(cfg.train.max_steps))
     assert alone["val_loss"] == round2["val_loss"]
     logged = [_log(Path(r["last_checkpoint"]).parents[1], "step", "train/tokens", "val/loss") for r in (alone, round2)]
-    assert logged[0] == logged[1] and logged[0]  # the stage's slice of the fit's log reads as its own run's
+    # the stage's slice of the fit's log reads as its own run's, but for the row before its first step: the grown
+    # model's val loss (the official code's validation at step 0), which a fit of its own does not log
+    assert logged[1][0] == ("0", "", str(start)) and logged[1][1:] == logged[0] and logged[0]
+    # the report reads it as the loss after 0 steps; in the whole fit's log, where it shares step 10 with round 1's
+    # last validation, a curve over the fit can leave it out
+    from lit_inheritune.report import val_curve
+
+    round1 = json.loads((Path(cfg.run_dir) / "round1-L2" / "result.json").read_text())
+    assert val_curve(Path(round2["last_checkpoint"]).parents[1]) == {0: start, 10: round2["val_loss"]}
+    assert val_curve(cfg.run_dir, starts=False) == {10: round1["val_loss"], 20: round2["val_loss"]}
+    assert val_curve(cfg.run_dir)[10] == start
     mine, theirs = (torch.load(r["last_checkpoint"], weights_only=True)["state_dict"] for r in (alone, round2))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 

@@ -1,6 +1,7 @@
 """Algorithm 1 end to end on the fixture corpus: reference, inherit, grow, resume between stages."""
 
 import csv
+import hashlib
 import json
 import re
 import time
@@ -91,17 +92,129 @@ def test_a_run_killed_mid_round_two_resumes_at_its_depth_to_the_uninterrupted_we
     mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert load_checkpoint(results[1]["last_checkpoint"]).config.n_layer == 3
-    # the run's log has every step once, the stage's slice counts from the stage's start
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        val_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")]
-    assert val_steps == [9, 19, 29, 39]
-    with open(run_dir / "round2-L3" / "csv" / "metrics.csv") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")] == [9, 19]
+    # the run's log has every step once (each round's start scored at its first step: 0 and 20), the same rows as the
+    # uninterrupted run's; the stage's slice counts from the stage's start
+    assert [step for step, _ in _val_rows(run_dir)] == [0, 9, 19, 20, 29, 39]
+    assert _val_rows(run_dir) == _val_rows(Path(whole[1]["last_checkpoint"]).parents[2])
+    assert [step for step, _ in _val_rows(run_dir / "round2-L3")] == [0, 9, 19]
     table = (run_dir / "stages.md").read_text()
     assert "| reference | 4 |" in table and "| round2-L3 | 3 |" in table
 
     again = run(_cfg(tmp_path / "killed", fixture_data_dir, f"method.grow_mode={grow_mode}", "resume=true"))
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in results]  # done: read, not trained
+
+
+def _val_rows(stage_dir):
+    with open(Path(stage_dir) / "csv" / "metrics.csv") as f:
+        return [(int(r["step"]), r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
+
+
+def test_the_checkpoint_at_a_round_boundary_is_round_two_at_its_start_and_resumes_from_there(
+        tmp_path, fixture_data_dir, monkeypatch, initial_models, shared_reference):
+    """The run's checkpoint written when round 1 ends (step 10, T = 10) is round 2 before its first step: the grown 3-layer
+    model, an optimizer built around it with no state, the schedule at its step 0, the GrowCallback in round 2. A fit
+    killed before its next checkpoint resumes from it to the uninterrupted run's weights, val losses and log rows
+    (round 2's start scored once)."""
+    short = ["train.max_steps=10", "train.val_every_n_steps=5"]
+    whole = run(shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, *short)))
+    cfg = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, *short))
+    original = runner._callbacks
+    monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
+        [_KillAtStep(12)] if k.get("growing") else [])])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(cfg)
+    monkeypatch.setattr(runner, "_callbacks", original)
+    run_dir = Path(cfg.run_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 10 and ckpt["callbacks"]["GrowCallback"]["index"] == 1
+    assert ckpt["hyper_parameters"]["model"]["n_layer"] == 3
+    grown = initial_models["round2-L3"].state_dict()  # what the growth built, before any step
+    assert ckpt["state_dict"].keys() == {f"model.{k}" for k in grown}
+    assert all(torch.equal(ckpt["state_dict"][f"model.{k}"], v) for k, v in grown.items())
+    [optimizer] = ckpt["optimizer_states"]
+    assert optimizer["state"] == {}  # fresh: no moments, no step counts (the paper's new optimizer per round)
+    assert sum(len(g["params"]) for g in optimizer["param_groups"]) == len(list(initial_models["round2-L3"].parameters()))
+    [schedule] = ckpt["lr_schedulers"]
+    assert schedule["last_epoch"] == 0
+    lr, warmup = float(cfg.optim.lr), int(cfg.optim.warmup_steps)
+    assert all(g["lr"] == pytest.approx(lr / (warmup + 1)) for g in optimizer["param_groups"])  # warmup's first step
+
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, *short, "resume=true"))
+    assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
+    mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert _val_rows(run_dir) == _val_rows(tmp_path / "whole" / run_dir.relative_to(tmp_path / "killed"))
+    assert [step for step, _ in _val_rows(run_dir)] == [0, 4, 9, 10, 14, 19]
+
+
+class _Trace(L.Callback):
+    """Per micro-batch: its optimizer step, the stage being trained and its depth, the scheduler's step, the lr it
+    is trained at and a digest of the batch's tokens."""
+
+    def __init__(self, into: list):
+        self.into = into
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from lit_inheritune.training.grow import GrowCallback
+
+        [grow] = [c for c in trainer.callbacks if isinstance(c, GrowCallback)]
+        self.into.append((trainer.global_step, grow.index, pl_module.model.config.n_layer,
+                          trainer.lr_scheduler_configs[0].scheduler.last_epoch,
+                          trainer.optimizers[0].param_groups[0]["lr"], _digest(batch[0])))
+
+
+def _digest(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16]
+
+
+def test_growth_and_resume_with_gradient_accumulation_keep_the_stream_schedule_and_boundary(
+        tmp_path, fixture_data_dir, monkeypatch, shared_reference):
+    """train.accumulate_grad_batches=2 (every paper config accumulates), T = 10: each optimizer step takes the next
+    two micro-batches of the seed's stream (round 2 continuing at micro-batch 20), the schedule restarts at the
+    boundary (step 10, not micro-batch 10) and counts optimizer steps; killed mid-round-2 (step 17, checkpoint at 15)
+    and resumed, the fit sees the same micro-batches, schedule and stages as the uninterrupted one, and ends with its
+    weights to the bit."""
+    from hydra.utils import instantiate
+
+    from lit_inheritune.data.datamodule import TrainWindows
+    from lit_inheritune.training.optim import OptimConfig, WarmupCosine
+
+    accumulate = ["train.accumulate_grad_batches=2", "train.max_steps=10", "train.val_every_n_steps=5"]
+    original = runner._callbacks
+
+    def traced(into, *extra):
+        monkeypatch.setattr(runner, "_callbacks", lambda *a, **k: [*original(*a, **k), *(
+            [_Trace(into), *extra] if k.get("growing") else [])])
+
+    whole_trace, killed_trace, resumed_trace = [], [], []
+    cfg = shared_reference(_cfg(tmp_path / "whole", fixture_data_dir, *accumulate))
+    traced(whole_trace)
+    whole = run(cfg)
+    killed = shared_reference(_cfg(tmp_path / "killed", fixture_data_dir, *accumulate))
+    traced(killed_trace, _KillAtStep(17))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(killed)
+    assert torch.load(Path(killed.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
+    traced(resumed_trace)
+    results = run(_cfg(tmp_path / "killed", fixture_data_dir, *accumulate, "resume=true"))
+
+    # the uninterrupted fit: 20 steps of 2 micro-batches, micro-batches 0..39 of the seed's stream in order
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    windows = iter(TrainWindows(datamodule.train_tokens, datamodule.block_size, datamodule.batch_size, cfg.seed,
+                                datamodule.sampling))
+    assert [x for *_, x in whole_trace] == [_digest(next(windows)[0]) for _ in range(40)]
+    schedule = WarmupCosine(OptimConfig(**{**{k: v for k, v in cfg.optim.items() if k != "_target_"},
+                                           "decay_steps": 10}))
+    for i, (step, index, n_layer, scheduler_step, lr, _) in enumerate(whole_trace):
+        assert step == i // 2 and index == step // 10 and n_layer == [2, 3][index], i
+        assert scheduler_step == step - 10 * index and lr == pytest.approx(cfg.optim.lr * schedule(scheduler_step)), i
+    # killed and resumed: the same micro-batches, stages and schedule, the steps after the checkpoint trained again
+    assert [t for t in killed_trace if t[0] < 15] + resumed_trace == whole_trace
+    assert [r["val_loss"] for r in results] == [r["val_loss"] for r in whole]
+    assert all(r["tokens"] == 10 * 2 * datamodule.tokens_per_step for r in results)
+    mine, theirs = _state(results[1]["last_checkpoint"]), _state(whole[1]["last_checkpoint"])
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_inheritune_stops_when_matched_then_trains_scratch_baselines(tmp_path, fixture_data_dir, shared_reference):
@@ -176,6 +289,36 @@ def test_finished_reference_is_found_from_another_working_directory(tmp_path, fi
     monkeypatch.chdir(tmp_path / "elsewhere")
     results = run(_cfg(tmp_path / "repo", fixture_data_dir, "method.tolerance=100"))
     assert [r["stage"] for r in results] == ["round1-L2"]
+
+
+def test_a_given_reference_is_scored_under_the_trainers_precision(tmp_path, fixture_data_dir, initial_models):
+    """reference=ckpt: the reference's val loss, which the stop rule compares with each round's at tolerance 0, is
+    measured as the rounds are validated, under trainer.precision: a checkpoint trained under bf16-mixed scores what
+    its own run's last validation scored, to the last bit, not its fp32 loss. Round 1's start (validated before its
+    first step) is scored the same way."""
+    from hydra.utils import instantiate
+
+    from lit_inheritune.methods.base import measure
+
+    bf16 = "trainer.precision=bf16-mixed"
+    [ref] = run(compose([*TINY, "model.n_layer=4", "train.max_steps=10", "train.val_every_n_steps=10", bf16,
+                         f"paths.root_dir={tmp_path}", f"data.data_dir={fixture_data_dir}", "name=ref"]))
+    given = ["reference=ckpt", f"reference.ckpt={ref['last_checkpoint']}", "method.tolerance=100",
+             "train.max_steps=10"]
+    cfg = _cfg(tmp_path, fixture_data_dir, bf16, *given)
+    run(cfg)
+    stages = json.loads((Path(cfg.run_dir) / "stages.json").read_text())
+    assert stages["reference"]["val_loss"] == ref["val_loss"]
+    # the premise: in fp32 the same weights score another number
+    fp32 = _cfg(tmp_path, fixture_data_dir, *given)
+    datamodule = instantiate(fp32.data)
+    datamodule.setup()
+    assert measure(make_run(fp32), load_checkpoint(ref["last_checkpoint"]), datamodule)["val_loss"] != ref["val_loss"]
+    from lit_inheritune.report import val_curve
+
+    start = val_curve(Path(cfg.run_dir) / "round1-L2")[0]
+    assert start == measure(make_run(cfg), initial_models["round1-L2"], datamodule)["val_loss"]
+    assert start != measure(make_run(fp32), initial_models["round1-L2"], datamodule)["val_loss"]
 
 
 def test_given_reference_checkpoint_of_another_width_is_refused(tmp_path, fixture_data_dir):

@@ -396,13 +396,16 @@ def obtain_reference(run: Run, datamodule, header: str = ""):
 
 
 def measure(run: Run, model, datamodule) -> dict:
-    """Val loss of a given model on this experiment's val windows (no training)."""
+    """Val loss of a given model on this experiment's val windows (no training), scored as the stages are: under the
+    trainer's precision (bf16-mixed at paper scale), since Inheritune's stop rule compares the two losses at
+    tolerance 0 and an fp32 reference would be judged on other numerics than its targets."""
     import lightning as L
 
     from lit_inheritune.training.lm import CausalLM
 
-    trainer = L.Trainer(accelerator=run.cfg.trainer.accelerator, devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator=run.cfg.trainer.accelerator, devices=1,
+                        precision=run.cfg.trainer.get("precision"), logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
     module = CausalLM(model, run.optim(1))
     val_loss = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/loss"]
     return {"stage": "reference", "n_layer": model.config.n_layer, "params": model.num_params(),

@@ -114,7 +114,9 @@ def plot_growth(group_dir: Path, path: Path) -> Path | None:
         stages_file = fit.parent / "stages.json"
         reference = json.loads(stages_file.read_text())["reference"] if stages_file.exists() else None
         label, _ = _label_and_seed(Path(group_dir), fit.parent)
-        by_label.setdefault(label, []).append((val_curve(fit.parent), json.loads(fit.read_text()), reference))
+        # without the stages' starting scores: at a boundary one would replace the last score of the stage before
+        by_label.setdefault(label, []).append((val_curve(fit.parent, starts=False), json.loads(fit.read_text()),
+                                               reference))
     by_label = {k: v for k, v in by_label.items() if any(c for c, _, _ in v)}
     if not by_label:
         return None

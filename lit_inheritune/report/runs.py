@@ -49,15 +49,18 @@ def collect(group_dir: str | Path) -> list[dict]:
     return rows
 
 
-def val_curve(stage_dir: str | Path) -> dict[int, float]:
+def val_curve(stage_dir: str | Path, starts: bool = True) -> dict[int, float]:
     """step -> val loss from a stage's CSV log. Lightning logs a validation at the 0-based index of the last
     training batch, so a row's step + 1 is the number of optimizer steps taken; a resumed run's repeated
-    steps keep their last value."""
+    steps keep their last value. A growing fit also scores each stage's starting model (a row marked
+    val/stage_start, at the stage's first step: 0 steps taken), kept with `starts` (in a whole fit's log it would
+    replace the previous stage's last score, which is at the same step)."""
     path = Path(stage_dir) / "csv" / "metrics.csv"
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        return {int(r["step"]) + 1: float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")}
+        return {int(r["step"]) + (0 if r.get("val/stage_start") else 1): float(r["val/loss"])
+                for r in csv.DictReader(f) if r.get("val/loss") and (starts or not r.get("val/stage_start"))}
 
 
 def check_seeds_agree(rows: list[dict]) -> None:

@@ -7,7 +7,10 @@ step: the checks require T to be a multiple of train.val_every_n_steps) the `Gro
   stage's start), so the stage table, the report and the analysis read stages as before;
 - asks the recipe whether to stop (matched, deepest stage reached) and, if not, hands the module the recipe's
   grown model with a fresh optimizer and LR schedule (the paper), or, with `carry_optimizer`, the AdamW state of
-  every parameter that survives the growth.
+  every parameter that survives the growth;
+- scores the grown model (val/loss logged at the new stage's first step; the first stage's model at the fit's
+  start), so each stage's curve starts at the loss of the model it inherited, as the official code's step-0
+  validation has it.
 
 The run's checkpoint records the model's config, so a fit killed in any stage resumes at its depth:
 `CausalLM.on_load_checkpoint` rebuilds the module at that depth before Lightning loads the weights and the
@@ -92,6 +95,10 @@ class GrowCallback(L.Callback):
         pl_module.hparams["meta"]["stage"] = self.growth.stages[self.index].name
         if self._stage_clock is None:
             self._mark_start(trainer)
+        if not self.stopped and trainer.global_step == self.stage_start:
+            # round 1's start, or a fit resumed from a round boundary's checkpoint: LogHistory has dropped the rows
+            # from that step on, the start's score with them, so it is scored again (same weights, same number)
+            self._score_start(trainer, pl_module)
         self._update_bar(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -111,6 +118,7 @@ class GrowCallback(L.Callback):
         L.seed_everything(self.growth.seeds[self.index], workers=True, verbose=False)  # surgery's random parts
         grown = self.growth.grow(pl_module.model, self.index)
         self._install(trainer, pl_module, grown)
+        self._score_start(trainer, pl_module)
         _say(trainer, f"{self.growth.header(self.growth.stages[self.index])}, {self.growth.steps} steps")
         self._mark_start(trainer)
         self._update_bar(trainer)
@@ -155,6 +163,26 @@ class GrowCallback(L.Callback):
         strategy.setup_optimizers(trainer)
         if self.growth.carry_optimizer:
             carry_adam_state(old_optimizer, old_names, trainer.optimizers[0], dict(pl_module.model.named_parameters()))
+
+    def _score_start(self, trainer, pl_module) -> None:
+        """The stage's model before its first step on the fit's val windows, under the fit's precision, logged as
+        val/loss at the stage's first step. Outside Lightning's validation loop, whose end would also run the
+        checkpoint callback (a checkpoint at step 0) and this callback's stage end."""
+        import math
+
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()  # the loader the fit validates with (sharded under DDP)
+        pl_module.eval()
+        with torch.no_grad(), trainer.precision_plugin.val_step_context():
+            for i, batch in enumerate(trainer.val_dataloaders):  # the datamodule's one loader
+                pl_module.validation_step(trainer.strategy.batch_to_device(batch), i)
+        loss = float(pl_module.val_loss.compute())  # synced across ranks
+        pl_module.val_loss.reset()
+        pl_module.train()
+        for logger in trainer.loggers:
+            # val/stage_start (the stage's number) marks the row: Lightning logs a validation after k steps at step
+            # k - 1, so without it a start row at step s would read as a validation after s + 1 steps
+            logger.log_metrics({"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0)),
+                                "val/stage_start": float(self.index + 1)}, step=self.stage_start)
 
     def _mark_start(self, trainer) -> None:
         speed = _speed(trainer)
