@@ -425,7 +425,8 @@ def test_a_parallel_sweep_over_n_trains_the_reference_once(tmp_path, fixture_dat
     for n in (1, 2, 3):
         run_dir = tmp_path / "outputs" / "sweep" / f"inheritune-n{n}-block-reinherit-s1"
         train, val = _steps(run_dir / f"round1-L{n}")
-        assert val == [9, 19] and len(train) == len(set(train)) == 4
+        # a round's log starts with its inherited model's score (GrowCallback), then validates every 10 steps
+        assert val == [0, 9, 19] and len(train) == len(set(train)) == 4
         assert json.loads((run_dir / f"round1-L{n}" / "result.json").read_text())["n_layer"] == n
         assert not (run_dir / LOCK_FILE).exists()
     assert not (ref_dir / LOCK_FILE).exists()
