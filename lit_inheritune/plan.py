@@ -63,18 +63,30 @@ def param_count(model: dict) -> tuple[int, bool]:
     return L * (12 * d * d + 2 * d) + V * d + T * d + d, True
 
 
+def dtype_kind(precision: str) -> str:
+    """fp32, mixed (fp32 weights, bf16/fp16 compute) or half (weights and compute in 16 bits)."""
+    if "mixed" in precision:
+        return "mixed"
+    return "half" if precision in ("bf16-true", "16-true", "bf16", "16") else "fp32"
+
+
+# Bytes of a parameter (and of its gradient and each AdamW moment): mixed precision keeps fp32 master weights.
+PARAM_BYTES = {"fp32": 4, "mixed": 4, "half": 2}
+# Bytes a block keeps for its backward per token, per unit of width: 17 values (module docstring), in fp32, in
+# 16 bits, or mixed (the residual stream and the norms' inputs stay fp32).
+BLOCK_ACTIVATION_BYTES = {"fp32": 68, "mixed": 38, "half": 34}
+
+
 def param_bytes(precision: str) -> int:
-    """Bytes of one parameter (and of its gradient and each AdamW moment): mixed precision keeps fp32 weights."""
-    return 2 if precision in ("bf16-true", "16-true", "bf16", "16") else 4
+    return PARAM_BYTES[dtype_kind(precision)]
 
 
 def activation_bytes(model: dict, micro_batch: int, precision: str) -> int:
-    """What one micro-batch's forward keeps for its backward (module docstring), the head included."""
+    """What one micro-batch's forward keeps for its backward (module docstring), the head included: the fp32
+    logits, their log-softmax and its gradient, and ln_f's input and output."""
     L, d, V, T = (int(model[k]) for k in ("n_layer", "n_embd", "vocab_size", "block_size"))
-    tokens_ = micro_batch * T
-    per_block = {4: 68, 2: 34}[param_bytes(precision)] if "mixed" not in precision else 38
-    head = 3 * V * 4 + 2 * d * (4 if "mixed" in precision or param_bytes(precision) == 4 else 2)
-    return tokens_ * (L * per_block * d + head)
+    head = 3 * 4 * V + 2 * 4 * d
+    return micro_batch * T * (L * BLOCK_ACTIVATION_BYTES[dtype_kind(precision)] * d + head)
 
 
 @dataclass
@@ -244,7 +256,8 @@ def render(cfg: DictConfig, stages: list[StagePlan], gpu: str, mfu: float) -> st
         f"plan of {cfg.name} / {cfg.run_name}: method={cfg.method.name}, {len(stages)} stage(s) at most "
         f"(nothing is trained)",
         f"trainer: {t.precision}, {strategy if strategy != 'single' else 'one device'}"
-        f"{f' over {world} devices' if world > 1 else ''}; micro-batch {d.batch_size} x {cfg.model.block_size} "
+        f"{f' over {world} devices' if world > 1 else ''}"
+        f"{' (trainer.devices=auto: counted as 1)' if t.get('devices') == 'auto' else ''}; micro-batch {d.batch_size} x {cfg.model.block_size} "
         f"tokens, accumulation {cfg.train.accumulate_grad_batches}: {per_step:,} tokens per step",
         f"GPU-hours: training FLOPs / ({gpu} bf16 peak {GPUS[gpu] / 1e12:.0f} TFLOP/s x MFU {mfu:.2f}); "
         "--gpu NAME (plan.gpu=), --mfu X (plan.mfu=)",
