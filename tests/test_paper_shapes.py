@@ -11,6 +11,7 @@
 - On a GPU (skipped without one): trainer=gpu, bf16-mixed, and torch.compile where the config has train.compile.
 """
 
+import json
 import time
 from pathlib import Path
 
@@ -120,7 +121,7 @@ CONTEXT = 64  # at most the paper's 1024: the shapes are true, the compute of a 
 
 def cpu_config(experiment: str, root: Path, data_dir: Path):
     overrides = [
-        f"experiment={experiment}", "trainer=cpu", "data=fixture", f"data.data_dir={data_dir}",
+        f"experiment={experiment}", "trainer=cpu", "trainer.devices=1", "data=fixture", f"data.data_dir={data_dir}",
         f"paths.root_dir={root}", "logger=csv", "trainer.enable_progress_bar=false", f"model.block_size={CONTEXT}",
         "data.batch_size=1", "data.num_val_windows=1", "train.accumulate_grad_batches=1", "train.max_steps=2",
         "train.val_every_n_steps=2", "train.log_every_n_steps=1", "optim.warmup_steps=1", "reference.max_steps=2",
@@ -140,11 +141,12 @@ def available_memory() -> int:
 
 
 def fits(cfg) -> tuple[bool, str]:
-    """Whether the largest stage fits the free memory by the plan's memory model, with the reference's weights
-    beside it (a target trains while its reference is held) and 2 GiB to spare."""
+    """Whether the largest stage fits the free memory by the plan's memory model (fp32, micro-batch 1)."""
     stages = plan(cfg)
     peak = max(memory(s.identity["model"], 1, "32-true", "single", 1).peak for s in stages)
-    need = peak + 4 * param_count(stages[0].identity["model"])[0] + 2 * 2**30
+    # a quarter more for the allocator's slack, the first stage's checkpoint (weights and AdamW moments) loaded
+    # beside the training, and 2 GiB to spare
+    need = 1.25 * peak + 12 * param_count(stages[0].identity["model"])[0] + 2 * 2**30
     free = available_memory()
     return need <= free, f"needs ~{need / 2**30:.1f} GiB by the plan's memory model, {free / 2**30:.1f} GiB free"
 
@@ -168,31 +170,34 @@ def test_every_stage_takes_two_real_steps_at_true_size(experiment, tmp_path, fix
         pytest.skip(f"{experiment} {why}: checked on the meta device only")
     stages = plan(cfg)
     start = time.perf_counter()
-    results = {r["stage"]: r for r in run(cfg)}
-    print(f"\n{experiment}: {len(results)} stages in {time.perf_counter() - start:.0f} s, peak RSS "
+    run(cfg)
+    print(f"\n{experiment}: {time.perf_counter() - start:.0f} s, peak RSS of the test process so far "
           f"{peak_rss() / 2**30:.1f} GiB")
-    assert stages[0].name in results and results[stages[0].name]["steps"] == 2
-    models = {}
+    # every stage the run trained, the shared reference included, as its directory records it
+    results = {s.name: json.loads((s.dir / "result.json").read_text()) for s in stages
+               if (s.dir / "result.json").exists()}
+    assert stages[0].name in results
+    first = None  # the first stage's model, which the surgery below starts from
     for stage in stages:
-        if stage.name not in results:  # rounds past the first growth are not asked for
+        if stage.name not in results:  # rounds past the first growth, not asked for
             continue
         result = results[stage.name]
         assert result["steps"] == 2 and result["n_layer"] == stage.identity["model"]["n_layer"]
         model = load_checkpoint(result["last_checkpoint"])  # saved at true size, reloaded
         assert model.num_params() == result["params"] == param_count(stage.identity["model"])[0]
-        assert model.config.n_embd == cfg.model.n_embd or stage.identity["model"]["n_embd"] == model.config.n_embd
+        assert model.config.n_embd == stage.identity["model"]["n_embd"]
         assert torch.isfinite(torch.tensor(result["val_loss"]))
-        models[stage.name] = model
+        first = model if stage is stages[0] else first
     method = cfg.method
     if method.name == "inheritune":
         assert [s.name for s in stages if s.name.startswith("round")] == [n for n in results if n.startswith("round")]
-        reference = models["reference"]
+        reference = first
         target = surgery.inherit_blocks(reference, method.n_layer)
         grown = surgery.grow(target, reference, method.grow_by, mode=method.grow_mode)
         for i, block in enumerate(grown.transformer.h):  # reinherit: reference blocks 0..n+g-1, copied
             torch.testing.assert_close(block.state_dict(), reference.transformer.h[i].state_dict())
     elif method.name == "stacking":
-        stage1 = models[stages[0].name]
+        stage1 = first
         stacked = surgery.stack_blocks(stage1)
         n = stage1.config.n_layer
         assert stacked.config.n_layer == 2 * n
