@@ -134,6 +134,16 @@ def cpu_config(experiment: str, root: Path, data_dir: Path):
 
 
 def available_memory() -> int:
+    """MemAvailable, after handing back what this process freed: glibc keeps freed heap memory (an earlier
+    experiment's models) unless asked to return it."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
