@@ -12,6 +12,7 @@
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -170,14 +171,21 @@ def peak_rss() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_stage_takes_two_real_steps_at_true_size(experiment, tmp_path, fixture_data_dir):
-    from lit_inheritune import surgery
-    from lit_inheritune.models import load_checkpoint
-    from lit_inheritune.run import run
-
     cfg = cpu_config(experiment, tmp_path, fixture_data_dir)
     ok, why = fits(cfg)
     if not ok:
         pytest.skip(f"{experiment} {why}: checked on the meta device only")
+    try:
+        check_true_size_run(experiment, cfg)
+    finally:  # a Medium run leaves ~20 GB of checkpoints, and pytest keeps its last three sessions' tmp dirs
+        shutil.rmtree(tmp_path / "outputs", ignore_errors=True)
+
+
+def check_true_size_run(experiment: str, cfg) -> None:
+    from lit_inheritune import surgery
+    from lit_inheritune.models import load_checkpoint
+    from lit_inheritune.run import run
+
     stages = plan(cfg)
     start = time.perf_counter()
     run(cfg)
