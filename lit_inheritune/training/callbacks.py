@@ -98,15 +98,14 @@ class ComputeMonitor(L.Callback):
     X_AXIS = "train/cumulative_flops"
     ON_X_AXIS = ("val/loss", "val/ppl", "train/loss")
 
-    def __init__(self, identity: dict, earlier: list[dict] = ()):
-        self.identity = identity  # the fit's (a growing fit's stages come from its GrowCallback)
+    def __init__(self, identity: dict, earlier: list[dict] = (), grow=None):
+        self.identity = identity  # the fit's (a growing fit's stages come from its GrowCallback, `grow`)
         self.earlier = list(earlier)  # stages trained before this fit that it does not nest (compute.py)
+        self.grow = grow
 
     def _stage(self, trainer) -> tuple[dict, list[dict], int]:
         """The identity of the stage being trained, the earlier stages to count, and its first global step."""
-        from lit_inheritune.training.grow import GrowCallback
-
-        grow = next((c for c in trainer.callbacks if isinstance(c, GrowCallback)), None)
+        grow = self.grow
         if grow is None:
             return self.identity, self.earlier, 0
         # every earlier stage of a growing fit was trained in it (compute.py counts a nested one once)

@@ -152,7 +152,7 @@ def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightni
     module.compile_model = bool(cfg.train.get("compile", False))  # CausalLM compiles in configure_model
     wandb_id = _wandb_run_id(stage_dir)
     callbacks = [*_callbacks(cfg, stage_dir, stage, growing=grow is not None), *([grow] if grow else []),
-                 ComputeMonitor(identity, earlier)]
+                 ComputeMonitor(identity, earlier, grow)]
     if preemption.on_slurm():
         callbacks.append(preemption.Preemption(stage_dir, stage))
     speed = next(c for c in callbacks if isinstance(c, SpeedMonitor))
