@@ -87,7 +87,7 @@ def test_memory_follows_precision_and_strategy():
 
 
 def test_fsdp_shards_over_devices_times_nodes():
-    cfg = compose(["experiment=gpt2_xlarge_24l", "trainer=fsdp", "trainer.devices=4", "+trainer.num_nodes=2"])
+    cfg = compose(["experiment=gpt2_xlarge_24l", "trainer=fsdp", "trainer.devices=4", "trainer.num_nodes=2"])
     assert strategy_of(cfg) == ("fsdp", 8)
     assert strategy_of(compose(["experiment=gpt2_medium_16l"])) == ("ddp", 3)
     assert strategy_of(compose(["experiment=demo"])) == ("single", 1)
