@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lit_inheritune.errors import ConfigError
+from lit_inheritune.schema import ReferenceSchema as Reference  # the run's reference (conf/reference/)
 from lit_inheritune.training.identity import method_record, register_method_keys, stage_identity
 
 
@@ -146,17 +147,6 @@ def _plain(value):
 
 # ----------------------------------------------------------------------------------------------------------------
 # The run context: built once from the composed config, handed to the method.
-
-
-@dataclass
-class Reference:
-    """The run's reference (conf/reference/): trained here (`train`), a checkpoint (`ckpt`), or the pretrained model
-    the model config names (`pretrained`)."""
-
-    kind: str = "train"
-    ckpt: str | None = None
-    max_steps: int | None = None
-    seed: int | None = None
 
 
 @dataclass
