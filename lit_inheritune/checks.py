@@ -45,6 +45,19 @@ def check_train(cfg: DictConfig) -> None:
         if cfg.trainer.get(key):  # (0 and null are the defaults)
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: a stage's length is train.max_steps (and the "
                               f"method's rounds); remove trainer.{key}")
+    if cfg.train.get("compile") and not c_compiler():
+        raise ConfigError("train.compile=true: torch.compile builds its kernels with a C/C++ compiler and none was "
+                          "found (CXX, CC, g++, gcc, clang); install one (apt install g++) or set train.compile=false")
+
+
+def c_compiler() -> str | None:
+    """The C/C++ compiler inductor would build with (its CXX, else the usual names), or None: without one a
+    compiled run fails at its first step, deep in a traceback."""
+    import os
+    import shutil
+
+    names = [os.environ.get("CXX"), os.environ.get("CC"), "g++", "c++", "gcc", "cc", "clang++", "clang"]
+    return next((path for name in names if name and (path := shutil.which(name))), None)
 
 
 # What Lightning's Trainer accepts (lightning.fabric.plugins.precision.precision._PRECISION_INPUT and the accelerator

@@ -73,6 +73,22 @@ def test_trainer_values_are_checked_before_any_directory(override, fragments, tm
     assert not (tmp_path / "outputs").exists()
 
 
+def test_compile_without_a_c_compiler_is_one_line_before_any_directory(tmp_path, fixture_data_dir, monkeypatch):
+    """torch.compile's inductor builds kernels with a C/C++ compiler: without one on PATH the run stops at once,
+    not with a traceback at its first step."""
+    assert checks.c_compiler()  # this machine has one: the check passes where compiling works
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    for key in ("CXX", "CC"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = _cfg(tmp_path, fixture_data_dir, "train.compile=true")
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(ConfigError, match=r"train\.compile=true: torch\.compile builds its kernels with a C/C\+\+ "
+                                          r"compiler and none was found .* or set train\.compile=false"):
+        run(cfg)
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_the_trainer_values_known_are_lightnings():
     import typing
 
