@@ -257,6 +257,14 @@ def _pyplot():
     return plt
 
 
+def uniform_baseline(seq_len: int, tau: float, eta: float) -> tuple[int, int]:
+    """(k*, m*) of uniform causal attention over `seq_len` tokens (row i spreads 1/(i+1) over keys 0..i): the rank
+    and leading columns of a head that attends to nothing in particular, the level a lazy layer's is read against."""
+    rows = torch.arange(1, seq_len + 1, dtype=torch.float64)
+    uniform = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.float64)) / rows[:, None]
+    return int(approx_rank(uniform, tau)), int(column_mass(uniform, eta))
+
+
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", "-.", ":")
 
@@ -279,6 +287,11 @@ def plot_max_rank(reports: Mapping[str, dict], path: str | Path, tau: float | No
     key = tau_key(tau) if tau is not None else next(iter(reports.values()))["primary_tau"]
     eta = next(iter(reports.values()))["eta"]
     ax_rank.axhline(1, color="grey", ls="--", lw=1, label="rank 1 (lazy layer)")
+    seq_lens = {report["seq_len"] for report in reports.values() if "seq_len" in report}
+    if len(seq_lens) == 1:  # one baseline per window length; reports of mixed lengths get none
+        uniform = uniform_baseline(seq_lens.pop(), float(key), float(eta))
+        for ax, value in zip((ax_rank, ax_mass), uniform):
+            ax.axhline(value, color="C7", ls=":", lw=1.2, label="uniform causal attention")
     ax_rank.set(xlabel="layer (0-based)", ylabel=f"MaxRank: max over heads of mean k* (tau={key})",
                 title="Approximate rank of attention per layer")
     ax_mass.set(xlabel="layer (0-based)", ylabel=f"AvgMass: mean m* (eta={eta:g})",

@@ -69,3 +69,23 @@ def test_a_report_panel_with_no_runs_says_so(tmp_path, monkeypatch):
                                            "at_step": None, "paper": None}]}
     plot_curves(table, runs=[], path=tmp_path / "curves.png")
     assert texts == ["no runs"]
+
+
+def test_max_rank_draws_uniform_causal_attention_as_its_baseline(tmp_path, monkeypatch):
+    """Uniform causal attention over 2 tokens is [[1, 0], [1/2, 1/2]]: singular values squared (3 +- sqrt 5)/4, so
+    the first holds 0.873 of the energy (k* = 1 at tau 0.8, 2 at 0.9); column 0 holds 1.25 / 1.5 = 0.833 of the
+    squared norm (m* = 1 at eta 0.8, 2 at 0.9). The plot draws the baseline of the reports' window length."""
+    assert analysis.uniform_baseline(2, 0.8, 0.8) == (1, 1)
+    assert analysis.uniform_baseline(2, 0.9, 0.9) == (2, 2)
+    assert analysis.uniform_baseline(1, 0.9, 0.9) == (1, 1)
+    import matplotlib.axes
+
+    lines = []
+    axhline = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda ax, y=0, *a, **kw: lines.append((kw.get("label"), y)) or axhline(ax, y, *a, **kw))
+    report = {**_report(4, 2), "seq_len": 64}
+    analysis.plot_max_rank({"a": report}, tmp_path / "max_rank.png")
+    want = analysis.uniform_baseline(64, 0.9, 0.9)
+    assert [y for label, y in lines if label == "uniform causal attention"] == list(want)
+    assert 1 < want[0] < 64 and 1 < want[1] < 64  # neither lazy nor full: a level between
