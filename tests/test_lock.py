@@ -193,6 +193,16 @@ def test_a_requeued_slurm_job_takes_over_the_lock_it_left_on_another_node(tmp_pa
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    sibling = subprocess.Popen(["sleep", "60"])  # another process of the same job instance, alive: not taken over
+    try:
+        _plant(tmp_path, sibling.pid, launch="slurm:77.0")
+        with pytest.raises(ConfigError, match=f"pid {sibling.pid}"):
+            StageLock(tmp_path).acquire(own=True)
+    finally:
+        sibling.kill()
+        sibling.wait()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     _plant(tmp_path, 4711, host="gpu-node-7", launch="slurm:77.0")  # killed at preemption, heartbeat still fresh
     StageLock(tmp_path, "[x] reference").acquire(own=True)
     assert read_holder(tmp_path / LOCK_FILE).pid == os.getpid()

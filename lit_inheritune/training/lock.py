@@ -60,6 +60,7 @@ class Holder:
     launch: str  # launch_key() of the holder: what the ranks of its run share
     token: str  # this taking of the lock (a pid may take it again later)
     boot_start: int | None = None  # the pid's start time in clock ticks since boot (/proc), to tell pid reuse
+    restart: int = 0  # SLURM_RESTART_COUNT when taken: a later instance of the same job knows this one is gone
 
     def __str__(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -119,6 +120,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _restart_count() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def read_holder(path: Path) -> Holder | None:
@@ -183,7 +188,7 @@ class StageLock:
             self._made_dir = True
         key = launch_key(rank_zero=True)
         holder = Holder(host=socket.gethostname(), pid=os.getpid(), started=time.time(), launch=key,
-                        token=secrets.token_hex(8), boot_start=_boot_start(os.getpid()))
+                        token=secrets.token_hex(8), boot_start=_boot_start(os.getpid()), restart=_restart_count())
         data = json.dumps(asdict(holder)) + "\n"
         tmp = self.stage_dir / f".{LOCK_FILE}.{holder.token}"
         try:
@@ -217,9 +222,10 @@ class StageLock:
     def _stale(self, holder: Holder) -> str | None:
         """Why `holder` is gone, or None while it may be alive."""
         mine = launch_key(rank_zero=True)
-        if holder.launch == mine and mine.startswith("slurm:") and holder.pid != os.getpid():
-            # SLURM runs one instance of a job at a time: a lock of this job id and step that is not this process's
-            # was left by the same job before it was preempted and requeued, on whichever node that was
+        if holder.launch == mine and mine.startswith("slurm:") and holder.restart < _restart_count():
+            # SLURM runs one instance of a job at a time: a lock this job took before its latest requeue was left
+            # by an instance that is gone, on whichever node that was. (Processes of one instance, e.g. a sweep's
+            # workers inside one allocation, share the key and restart count: they are judged as any others.)
             return "left by this SLURM job before it was requeued"
         if holder.host == socket.gethostname():
             if holder.pid == os.getpid():
