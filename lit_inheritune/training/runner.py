@@ -42,7 +42,7 @@ from lit_inheritune.training.stage_record import (
     stage_result,
     write_identity,
 )
-from lit_inheritune.training.strategy import is_fsdp, say
+from lit_inheritune.training.strategy import global_rank, is_fsdp, say
 
 WANDB_ID_FILE = "wandb_run_id"
 FIT_FILE = "fit.json"  # a growing run's record that its fit finished (not result.json: the report reads those)
@@ -171,11 +171,13 @@ def _fit_stage(cfg: DictConfig, module: L.LightningModule, datamodule: L.Lightni
         say(f"{header}, {length}{' (resuming from its last checkpoint)' if last.exists() else ''}")
     existed = set(stage_dir.iterdir()) if stage_dir.is_dir() else None
     try:
-        write_identity(stage_dir, identity)
-        OmegaConf.save(cfg, stage_dir / CONFIG_FILE, resolve=True)
-        if "wandb" in (cfg.get("logger") or {}) and not (stage_dir / WANDB_ID_FILE).exists():
-            write_text_atomic(stage_dir / WANDB_ID_FILE, wandb_id + "\n")
-        config_hash = config_sha256(stage_dir / CONFIG_FILE)
+        config_hash = None
+        if global_rank() == 0:  # under SLURM every rank starts here at once: one writer of the stage's records
+            write_identity(stage_dir, identity)
+            write_text_atomic(stage_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+            if "wandb" in (cfg.get("logger") or {}) and not (stage_dir / WANDB_ID_FILE).exists():
+                write_text_atomic(stage_dir / WANDB_ID_FILE, wandb_id + "\n")
+            config_hash = config_sha256(stage_dir / CONFIG_FILE)  # result.json is rank 0's too
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     except BaseException as error:
         failure = _fit_failed(error, cfg, trainer, stage_dir, existed,
