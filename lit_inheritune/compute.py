@@ -25,12 +25,13 @@ def flops_per_token(model: dict, forward_only: bool = False) -> float:
 
 
 def tokens(identity: dict) -> int:
-    """Tokens a stage trains on: steps x batch x context x accumulation (one device: the CPU twins)."""
-    data, train = identity["data"], identity["train"]
-    devices = identity.get("trainer", {}).get("devices") or 1
+    """Tokens a stage trains on: steps x batch x context x accumulation x devices x nodes (the processes the
+    trainer runs, as runner.py counts them; devices=auto counts as one)."""
+    data, train, trainer = identity["data"], identity["train"], identity.get("trainer", {})
+    devices = trainer.get("devices") or 1
     devices = devices if isinstance(devices, int) else 1
     return int(train["max_steps"]) * int(data["batch_size"]) * int(identity["model"]["block_size"]) \
-        * int(train.get("accumulate_grad_batches", 1)) * devices
+        * int(train.get("accumulate_grad_batches", 1)) * devices * int(trainer.get("num_nodes") or 1)
 
 
 def stage_flops(identity: dict) -> float | None:

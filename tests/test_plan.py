@@ -62,14 +62,14 @@ def test_parameter_counts_are_the_papers():
 
 
 def test_each_stages_flops_and_tokens_are_compute_pys():
-    cfg = compose(["experiment=gpt2_medium_16l"])
-    stages = {s.name: s for s in plan_stages(cfg)}
-    for stage in plan(cfg):
-        assert stages[stage.name].flops == stage_flops(stage.identity)
-    # and compute.py's formula, by hand: 100K steps x 49,152 tokens of the 16L model
-    assert stages["round3-L16"].tokens == 100_000 * 49_152
+    """compute.py's formula, by hand: 100K steps x 49,152 tokens of the 16L model (3 devices), twice the tokens on
+    two nodes, as the runner counts a step's tokens over every process."""
     model = dict(n_layer=16, n_embd=1024, block_size=1024, vocab_size=50304)
-    assert stages["round3-L16"].flops == flops_per_token(model) * 100_000 * 49_152
+    for nodes in (1, 2):
+        cfg = compose(["experiment=gpt2_medium_16l", f"trainer.num_nodes={nodes}"])
+        stages = {s.name: s for s in plan_stages(cfg)}
+        assert stages["round3-L16"].tokens == 100_000 * 49_152 * nodes
+        assert stages["round3-L16"].flops == flops_per_token(model) * 100_000 * 49_152 * nodes
 
 
 def test_memory_follows_precision_and_strategy():
