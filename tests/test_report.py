@@ -404,3 +404,24 @@ def test_a_committed_report_is_rejudged_from_its_tables_json_alone(tmp_path):
     assert premise["test"] == "one-sample t-test against the single run" and premise["ours"] == "tie"
     assert "| scratch 4L, 2T | `scratch-L4-T1000` | 1,2,3 | 4.6000 +- 0.0500 |" in md
     assert md == rejudge(out, command="rejudge").read_text()  # re-judging again changes nothing
+
+
+def test_the_paper_noise_of_a_difference_adds_both_curves_noise(monkeypatch):
+    """Two published numbers each with eval-to-eval noise 0.03 and 0.04 differ by noise 0.05 (in quadrature), so
+    a 0.045 gap is within it, though larger than either curve's own noise."""
+    from lit_inheritune.report import claims
+
+    monkeypatch.setattr(claims, "paper_noise", lambda row: {"a": 0.03, "b": 0.04}[row])
+    assert claims.pooled_paper_noise("a", "b") == pytest.approx(0.05)
+    assert claims.paper_verdict(2.800, "<", 2.845, noise=claims.pooled_paper_noise("a", "b")) == \
+        "within the paper's noise"
+
+
+def test_seeds_that_cannot_pair_fall_back_to_welch():
+    """A seed None (a given reference) or a repeated seed cannot pair values: Welch's test, not a crash or a
+    pairing of the wrong values."""
+    from lit_inheritune.report.stats import compare, welch
+
+    lhs, rhs = [4.70, 4.72], [4.80, 4.83]
+    assert compare(lhs, rhs, [1, 2], [1, None]) == welch(lhs, rhs)
+    assert compare(lhs, rhs, [1, 1], [1, 1]) == welch(lhs, rhs)

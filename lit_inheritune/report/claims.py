@@ -108,7 +108,7 @@ def paper_noise(row: dict | None) -> float | None:
 
 def paper_verdict(lhs: float | None, op: str, rhs: float | None, noise: float | None = None) -> str:
     """The paper's side: one published number a row, two decimals, so equal numbers are a tie for "<"; a difference
-    no larger than `noise` (the two rows' pooled eval-to-eval noise, paper_noise) is within the paper's noise."""
+    no larger than `noise` (the noise of their difference, pooled_paper_noise) is within the paper's noise."""
     if lhs is None or rhs is None:
         return "missing"
     if lhs == rhs:
@@ -119,8 +119,9 @@ def paper_verdict(lhs: float | None, op: str, rhs: float | None, noise: float | 
 
 
 def pooled_paper_noise(a: dict | None, b: dict | None) -> float | None:
+    """The noise of the difference of two rows' published numbers: each curve's own noise, added in quadrature."""
     noises = [paper_noise(a), paper_noise(b)]
-    return None if None in noises else math.sqrt(statistics.fmean(n * n for n in noises))
+    return None if None in noises else math.sqrt(sum(n * n for n in noises))
 
 
 def _method(record: dict | None):

@@ -32,7 +32,7 @@ def _value_seeds(old: dict) -> list | None:
     if "ours_seeds" in old:
         return old["ours_seeds"]
     seeds = old.get("seeds") or []
-    return seeds if len(seeds) == len(old["ours"]) and all(0 <= s < 10 for s in seeds) else None
+    return seeds if len(seeds) == len(old["ours"]) and all(isinstance(s, int) and 0 <= s < 10 for s in seeds) else None
 
 
 def rejudged_tables(report: dict) -> list[dict]:

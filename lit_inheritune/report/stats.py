@@ -104,7 +104,8 @@ def compare(lhs: list[float], rhs: list[float], lhs_seeds: list | None = None,
     if len(rhs) == 1:
         return one_sample(lhs, rhs[0])
     if (lhs_seeds and rhs_seeds and len(lhs_seeds) == len(lhs) and len(rhs_seeds) == len(rhs)
-            and None not in lhs_seeds and sorted(lhs_seeds) == sorted(rhs_seeds)):
+            and None not in lhs_seeds and None not in rhs_seeds and len(set(lhs_seeds)) == len(lhs_seeds)
+            and sorted(lhs_seeds) == sorted(rhs_seeds)):
         by_seed = dict(zip(rhs_seeds, rhs))
         return paired(lhs, [by_seed[s] for s in lhs_seeds])
     return welch(lhs, rhs)
