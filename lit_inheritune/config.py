@@ -24,7 +24,7 @@ if not OmegaConf.has_resolver("on_gpu"):
 # hydra/launcher=slurm: a GPU per device of a GPU trainer, none (no --gpus-per-node) for a CPU one.
 if not OmegaConf.has_resolver("slurm_gpus"):
     OmegaConf.register_new_resolver(
-        "slurm_gpus", lambda accelerator, devices: None if str(accelerator) == "cpu" else devices)
+        "slurm_gpus", lambda accelerator, devices: devices if str(accelerator) in ("gpu", "cuda") else None)
 
 
 def _source_tag(n_layer, blocks) -> str:

@@ -24,14 +24,24 @@ from lit_inheritune.paper import HERE as PAPER_DIR
 @cache
 def _steps(budget: tuple[str, ...], stage: str, target: tuple[str, ...]) -> int:
     from lit_inheritune.config import compose
+    from lit_inheritune.methods import method_class
     from lit_inheritune.run import plan
 
-    stages = {s.name: s for s in plan(compose(list(budget)))}
+    budget_cfg = compose(list(budget))
+    stages = {s.name: s for s in plan(budget_cfg)}
     if stage not in stages:
         raise ConfigError(f"matched: {' '.join(budget)} plans no stage {stage!r} (it plans {', '.join(stages)})")
+    # the stages the method trained before this one without nesting them (re-inherited rounds), as the report counts
+    siblings = {s.name: s.identity for s in stages.values() if s.dir.parent == stages[stage].dir.parent
+                and s.name != stage}
+    earlier = method_class(budget_cfg.method).earlier_stages(stage, stages[stage].identity, siblings)
+    budget_flops = cumulative_flops(stages[stage].identity, earlier)
+    if budget_flops is None:
+        raise ConfigError(f"matched: the cost of {stage!r} in {' '.join(budget)} is unknown (it is built on a given "
+                          "checkpoint or pretrained model): a compute-matched run needs a reference trained here")
     cfg = compose(list(target))
     [own] = plan(cfg)
-    return matched_steps(cumulative_flops(stages[stage].identity), own.identity, int(cfg.train.val_every_n_steps))
+    return matched_steps(budget_flops, own.identity, int(cfg.train.val_every_n_steps))
 
 
 def steps(matched: dict) -> int:

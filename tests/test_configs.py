@@ -264,3 +264,17 @@ def test_attention_scale_policies_run_apart_on_one_reference(job):
     assert kept.run_dir == official.run_dir.replace(official.run_name, official.method.tag + "-scale_source-s1")
     if official.method.name != "stacking":  # stacking starts from its own half-depth run, not the reference
         assert reference_dir(official) == reference_dir(kept)
+
+
+def test_a_compute_matched_run_against_a_given_reference_is_one_error(tmp_path):
+    """A reference given as a checkpoint has no known training cost: no step count can match it."""
+    from lit_inheritune import matched
+    from lit_inheritune.errors import ConfigError
+
+    ckpt = tmp_path / "given.ckpt"
+    ckpt.write_bytes(b"weights")
+    spec = {"budget": ["experiment=cpu_medium_16l", "reference=ckpt", f"reference.ckpt={ckpt}"],
+            "stage": "round1-L4", "target": ["experiment=cpu_medium", "method=scratch", "model.n_layer=4"]}
+    with pytest.raises(ConfigError, match="cost of 'round1-L4' .* is unknown"):
+        matched.steps(spec)
+

@@ -457,3 +457,9 @@ def test_a_signal_in_a_fits_last_step_lets_it_finish_and_the_jobs_next_fit_answe
     results = run(cfg)
     assert [r["stage"] for r in results] == ["round1-L2", "round2-L3"] and all(r["steps"] == 20 for r in results)
     assert (reference / "result.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("accelerator, gpus", [("cpu", None), ("auto", None), ("gpu", 2), ("cuda", 2)])
+def test_slurm_asks_for_gpus_only_for_a_gpu_accelerator(accelerator, gpus):
+    cfg = _compose(["trainer=ddp_cpu", f"trainer.accelerator={accelerator}"])
+    assert cfg.hydra.launcher.gpus_per_node == gpus
