@@ -68,9 +68,9 @@ PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 
-def check_trainer(cfg: DictConfig) -> None:
-    """The Trainer can be built on this machine: a precision and an accelerator Lightning knows, and the GPUs a GPU
-    trainer asks for (torch is imported only then). Checked here, not by Lightning inside the first stage, so a
+def check_trainer(cfg: DictConfig, count_gpus: bool = True) -> None:
+    """The Trainer can be built on this machine: a precision and an accelerator Lightning knows, and (`count_gpus`)
+    the GPUs a GPU trainer asks for (torch is imported only then). Checked here, not by Lightning inside the first stage, so a
     typo fails before any directory is written."""
     t = cfg.trainer
     precision = t.get("precision")
@@ -83,7 +83,7 @@ def check_trainer(cfg: DictConfig) -> None:
     if accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={accelerator!r} is not one of {', '.join(ACCELERATORS)} (or pick a "
                           "trainer config: trainer=cpu|gpu|ddp|ddp_cpu|fsdp)")
-    if accelerator in ("gpu", "cuda", "mps") and not _JOBS_RUN_ELSEWHERE[0]:
+    if accelerator in ("gpu", "cuda", "mps") and count_gpus and not _JOBS_RUN_ELSEWHERE[0]:
         import torch
 
         mps = getattr(torch.backends, "mps", None)

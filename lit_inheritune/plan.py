@@ -203,6 +203,7 @@ def check(cfg: DictConfig):
 
     checks.check_names(cfg)
     checks.check_train(cfg)
+    checks.check_trainer(cfg, count_gpus=False)  # a precision typo would be costed as fp32
     checks.check_optim(cfg)
     checks.check_model(cfg)
     run = checks.check_method(cfg)

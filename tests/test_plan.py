@@ -140,6 +140,7 @@ def test_a_stage_on_disk_shows_done_started_or_made_otherwise(tmp_path, run_in_p
     (["--mfu"], "error: --mfu needs a value"),
     (["experiment=nope"], "error: no config 'experiment/nope'"),
     (["method.n_layer=40"], "error: method.n_layer=40: cannot inherit 40 layers"),
+    (["trainer.precision=bf16_mixed"], "error: trainer.precision='bf16_mixed' is not a precision Lightning knows"),
 ])
 def test_a_bad_request_is_one_error_line(args, message, tmp_path, run_in_process):
     result = run_in_process(["lit_inheritune.plan", "experiment=gpt2_medium_16l", *args], tmp_path)
