@@ -89,3 +89,75 @@ def test_max_rank_draws_uniform_causal_attention_as_its_baseline(tmp_path, monke
     want = analysis.uniform_baseline(64, 0.9, 0.9)
     assert [y for label, y in lines if label == "uniform causal attention"] == list(want)
     assert 1 < want[0] < 64 and 1 < want[1] < 64  # neither lazy nor full: a level between
+
+
+def _fit(group, name, stages, losses):
+    """A fit directory as a run writes it: fit.json (its stages and steps), stages.json and the fit's CSV log."""
+    fit = group / name
+    (fit / "csv").mkdir(parents=True)
+    (fit / "fit.json").write_text(json.dumps({"stages": stages, "steps": 10 * len(stages)}))
+    (fit / "stages.json").write_text(json.dumps({"reference": {"val_loss": 4.0}, "stages": []}))
+    rows = "".join(f"{10 * (i + 1) - 1},{v}\n" for i, v in enumerate(losses))
+    (fit / "csv" / "metrics.csv").write_text("step,val/loss\n" + rows)
+
+
+def test_growing_runs_plot_only_fits_that_grew(tmp_path, monkeypatch):
+    """'Growing runs' is drawn for fits with a stage after their first; a one-round fit is not growth."""
+    import matplotlib.figure
+
+    from lit_inheritune.report import plot_growth
+
+    group = tmp_path / "group"
+    _fit(group, "inheritune-n4-block-reinherit-s1", ["round1-L4"], [4.5])
+    assert plot_growth(group, tmp_path / "growth.png") is None
+    _fit(group, "inheritune-n2-block-reinherit-s1", ["round1-L2", "round2-L3"], [4.9, 4.6])
+    legends = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record_then_save(fig, *args, **kwargs):
+        legends.extend(t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record_then_save)
+    assert plot_growth(group, tmp_path / "growth.png") is not None
+    assert legends == ["inheritune-n2-block-reinherit (1 seed)", "reference"]
+
+
+def test_compute_view_has_one_panel_per_table_with_runs(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from lit_inheritune.report import plot_compute
+
+    runs = []
+    for label in ("a", "b"):
+        stage = tmp_path / label
+        (stage / "csv").mkdir(parents=True)
+        (stage / "csv" / "metrics.csv").write_text("step,val/loss\n4,5.0\n9,4.5\n")
+        runs.append({"label": label, "dir": str(stage), "identity": {"train": {"max_steps": 10}}})
+    row = lambda run, flops: {"name": run, "run": run, "at_step": None, "flops": flops, "cumulative_flops": 2 * flops}
+    tables = [{"title": "Table 1", "rows": [row("a", 1e12)]}, {"title": "Table 2", "rows": [row("b", 2e12)]},
+              {"title": "nothing trained", "rows": [row("c", 3e12)]}]
+    titles, xs = [], []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record_then_save(fig, *args, **kwargs):
+        titles.extend(ax.get_title() for ax in fig.axes)
+        xs.extend(list(line.get_xdata()) for ax in fig.axes for line in ax.lines)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record_then_save)
+    assert plot_compute(tables, runs, tmp_path / "compute.png") is not None
+    assert titles == ["Table 1", "Table 2"]
+    # each point at the FLOPs before the row (cumulative - own) plus the steps taken (5 and 10 of 10)
+    assert xs == [[1.5e12, 2e12], [3e12, 4e12]]
+
+
+def test_official_curves_are_labelled_with_the_papers_names():
+    from lit_inheritune.paper import paper_name
+
+    assert paper_name("table1.large.3") == "GPT-2 Large 18L, Inheritune round 1, 100K steps"
+    assert paper_name("table1.medium.2") == "GPT-2 Medium 16L, random init, 200K steps"
+    assert paper_name("table3.2") == "GPT-2 Medium 16L, attention + MLP init"
+    assert paper_name("table2.xlarge.0") == "GPT-2 XLarge 48L, half width"
+    assert paper_name("kd.1") == "GPT-2 Medium 16L, DistilBERT-style KD student, 50K steps"
+    assert paper_name("lazy_transfer.3") == "GPT-2 Small 4L, random init"

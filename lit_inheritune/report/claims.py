@@ -15,7 +15,7 @@ from lit_inheritune.compute import cumulative_flops, stage_flops, tokens
 from lit_inheritune.matched import row_run
 from lit_inheritune.methods import method_by_name, seeds_text
 from lit_inheritune.paper import HERE as PAPER_DIR
-from lit_inheritune.paper import official_curves, published
+from lit_inheritune.paper import official_curves, paper_name, published
 from lit_inheritune.provenance import provenance
 from lit_inheritune.report.plots import plot_compute, plot_curves, plot_growth
 from lit_inheritune.report.runs import (
@@ -220,7 +220,7 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
         rows = []
         for row in table["rows"]:
             row = {**row, "run": row_run(row)}
-            paper = _paper_row(row["paper"]) if row.get("paper") else None
+            paper = {**_paper_row(row["paper"]), "name": paper_name(row["paper"])} if row.get("paper") else None
             values, value_seeds = _ours(row, runs)
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
                          "ours": values, "ours_seeds": value_seeds, "mean": statistics.fmean(values) if values else None,

@@ -12,20 +12,19 @@ from lit_inheritune.report.runs import _label_and_seed, val_curve
 
 
 def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | None:
-    """Val loss against cumulative training FLOPs (the reference's included) for every row with curves:
-    where a method's loss sits once its whole cost is counted. Mean over seeds."""
+    """Val loss against cumulative training FLOPs (the reference's included) for every row with curves, one panel
+    per table: where a method's loss sits once its whole cost is counted. Mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    seen = set()
+    panels = []  # (table, [(label, xs, ys)]) for every table with a trained row
     for table in tables:
+        lines = []
         for row in table["rows"]:
-            if row["run"] in seen or row["at_step"] or row["cumulative_flops"] is None or not row["flops"]:
+            if row["at_step"] or row["cumulative_flops"] is None or not row["flops"]:
                 continue
-            seen.add(row["run"])
             curves = [c for r in runs if r["label"] == row["run"] and (c := val_curve(r["dir"]))]
             if not curves:
                 continue
@@ -33,18 +32,24 @@ def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | Non
             run = next(r for r in runs if r["label"] == row["run"] and r.get("identity"))
             per_step = row["flops"] / run["identity"]["train"]["max_steps"]
             before = row["cumulative_flops"] - row["flops"]
-            ax.plot([before + per_step * s for s in steps], [statistics.fmean(c[s] for c in curves) for s in steps],
-                    marker="o", markersize=2, label=row["name"])
-    if not ax.lines:
-        plt.close(fig)
+            lines.append((row["name"], [before + per_step * s for s in steps],
+                          [statistics.fmean(c[s] for c in curves) for s in steps]))
+        if lines:
+            panels.append((table, lines))
+    if not panels:
         return None
-    ax.set_xscale("log")
-    ax.set(xlabel="cumulative training FLOPs (reference included)", ylabel="val loss",
-           title="Val loss against the compute spent to get there")
-    bests = [min(line.get_ydata()) for line in ax.lines]
-    ax.set_ylim(min(bests) - 0.05, min(bests) + 1.0)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 4.2 * len(panels)), squeeze=False)
+    for ax, (table, lines) in zip(axes[:, 0], panels):
+        for label, xs, ys in lines:
+            ax.plot(xs, ys, marker="o", markersize=2, label=label)
+        ax.set_xscale("log")
+        ax.set(xlabel="cumulative training FLOPs (reference included)", ylabel="val loss")
+        ax.set_title(table["title"], fontsize=8)
+        bests = [min(ys) for _, _, ys in lines]
+        ax.set_ylim(min(bests) - 0.05, min(bests) + 1.0)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle("Val loss against the compute spent to get there, one panel per table", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -79,7 +84,7 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
         if paper and paper.get("run") in official:
             points = [p for p in official[paper["run"]] if p["step"] > 0]
             ax_paper.plot([p["step"] for p in points], [p["val_loss"] for p in points], color=f"C{i}",
-                          label=f"{row['name']}: {paper['run'].rsplit('/', 1)[-1]}")
+                          label=paper.get("name", paper["run"].rsplit("/", 1)[-1]))
     ax_ours.set(title="ours (CPU scale)", xlabel="step", ylabel="val loss")
     if with_paper:
         ax_paper.set(title="paper (official curves)", xlabel="step", ylabel="val loss")
@@ -117,7 +122,9 @@ def plot_growth(group_dir: Path, path: Path) -> Path | None:
         # without the stages' starting scores: at a boundary one would replace the last score of the stage before
         by_label.setdefault(label, []).append((val_curve(fit.parent, starts=False), json.loads(fit.read_text()),
                                                reference))
-    by_label = {k: v for k, v in by_label.items() if any(c for c, _, _ in v)}
+    # a fit of one stage did not grow: "growing runs" shows only fits with a stage after their first
+    by_label = {k: v for k, v in by_label.items()
+                if any(c for c, _, _ in v) and any(len(f.get("stages", [])) > 1 for _, f, _ in v)}
     if not by_label:
         return None
     fig, axes = plt.subplots(len(by_label), 1, figsize=(8, 3.2 * len(by_label)), squeeze=False)
