@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= auto
 
-.PHONY: install demo test test-slow lint bench reproduce-cpu clean
+.PHONY: install demo test test-slow lint bench reproduce-cpu reproduce-smollm2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 # Every CPU-scale table (1, 2, 3, KD, lazy transfer), the attention analysis and the report, resumable.
 reproduce-cpu: $(STAMP)
 	PY=$(BIN)/python bash experiments/reproduce_cpu.sh
+
+# SmolLM2-135M (issue #23): the step-0 layer study, then the lazy/potent/random transfer and the 15-layer selections.
+reproduce-smollm2: $(STAMP)
+	PY=$(BIN)/python bash experiments/smollm2_study.sh
+	PY=$(BIN)/python bash experiments/smollm2_transfer.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -5,7 +5,8 @@
 # The 8-layer reference trains first, alone; then every other run is an independent job, two at a time with one
 # thread each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 9 hours (a 500-step 4L
 # job takes ~11 min on one thread beside another; the 12L reference 60 min), plus about 8 h for Table 1's
-# controls (scratch 4L at 2000 and ~2950 steps, 3 seeds); SEEDS=1 for one seed.
+# controls (scratch 4L at 2000 and ~2950 steps, 3 seeds) and about 2 h for the growth twin (experiment=cpu_medium_grow,
+# both modes); SEEDS=1 for one seed. The SmolLM2 studies are `make reproduce-smollm2`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -42,6 +43,9 @@ for s in $SEEDS; do
         pool1+=("experiment=cpu_medium method=scratch model.n_layer=4 train.max_steps=$t seed=$s")
     done
     pool1+=("experiment=cpu_medium method=embedding_only method.n_layer=4 seed=$s")
+    # Growth that runs (issue #23): Algorithm 1 from n = k/4 = 2 blocks, growing by 1 until it matches, both modes.
+    pool1+=("experiment=cpu_medium_grow seed=$s")
+    pool1+=("experiment=cpu_medium_grow method.grow_mode=append method.carry_optimizer=true seed=$s")
 done
 pool2=()
 for s in $SEEDS; do

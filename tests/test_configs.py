@@ -93,9 +93,9 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
     phases = _reproduce_phases()
     # 2 references, the equal-steps 8L row; per seed: Table 1, 2 scratch 4L rows, Table 3 (3), Table 2 (3), KD (2),
     # lazy transfer (3 position + 2 source + random); Table 1's controls (scratch 4L at 4T and FLOPs-equal, the
-    # embedding-only 4L); Appendix B's run on its pretrained reference; the scratch 5L rows (2 per seed; trained
-    # only when some seed needed a round 2)
-    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2 + 3), 3 * 6 + 1, 3 * 2]
+    # embedding-only 4L) and the growth twin (2 modes); Appendix B's run on its pretrained reference; the scratch 5L
+    # rows (2 per seed; trained only when some seed needed a round 2)
+    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2 + 3 + 2), 3 * 6 + 1, 3 * 2]
     trained_in, reads = {}, []
     for phase, jobs in enumerate(phases):
         for job in jobs:
@@ -120,6 +120,12 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
     controls = [compose(job) for job in phases[1] if "method=embedding_only" in job]
     assert sorted(Path(c.run_dir).name for c in controls) == [f"embedding_only-L4-s{s}" for s in (1, 2, 3)]
     assert all(c.name == "cpu_medium_16l" and c.method.n_layer == 4 for c in controls)
+    # the growth twin starts from k/4 of the same reference and may grow to its full depth, in both modes
+    growth = [compose(job) for job in phases[1] if "experiment=cpu_medium_grow" in job]
+    assert sorted(Path(c.run_dir).name for c in growth) == sorted(
+        f"inheritune-n2-block-{mode}-s{s}" for s in (1, 2, 3) for mode in ("reinherit", "append-carry"))
+    assert all(c.name == "cpu_medium_16l" and (c.method.n_layer, c.method.grow_by, c.method.max_layers) == (2, 1, 8)
+               for c in growth)
 
 
 @pytest.mark.subprocess
