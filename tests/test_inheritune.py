@@ -409,3 +409,16 @@ def test_growth_round_starts_from_the_reference_or_the_trained_target(tmp_path, 
         assert _same(start.transformer.h[i], block), i
     for name in names:
         assert _same(getattr(start.transformer, name), getattr(rest.transformer, name)), name
+
+
+def test_a_round_is_judged_against_the_bar_the_tolerance_sets_and_says_so():
+    """With method.tolerance the bar is the reference's val loss plus the tolerance: a round below the reference
+    but above a negative tolerance's bar is not matched, and its progress line names the bar, not the reference."""
+    from hydra.utils import instantiate
+
+    strict = instantiate(compose([*TINY, "method=inheritune", "method.tolerance=-0.02"]).method)
+    ref = {"val_loss": 5.385}
+    assert not strict.judge({"val_loss": 5.3686}, ref)["matched"] and strict.judge({"val_loss": 5.36}, ref)["matched"]
+    assert strict.bar_text(5.385) == "the bar 5.3650 (reference 5.3850 - tolerance 0.02)"
+    paper = instantiate(compose([*TINY, "method=inheritune"]).method)
+    assert paper.judge({"val_loss": 5.3686}, ref)["matched"] and paper.bar_text(5.385) == "reference 5.3850"

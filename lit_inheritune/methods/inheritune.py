@@ -172,7 +172,7 @@ class Inheritune(Method):
                 init = (f"inherits the {n_layer} {TITLES[self.select]} blocks of the reference"
                         f"{' afresh' if rnd else ''} ({self.parts})")
             elif rnd == 0:
-                what = f"blocks {list(self.blocks)}" if self.blocks else f"blocks 0-{n_layer - 1}"
+                what = f"blocks {list(self.blocks)}" if self.blocks else self._first_blocks(n_layer)
                 init = f"inherits {what} of the reference ({self.parts})"
             elif self.blocks:
                 init = f"inherits blocks {blocks_text(self.list_rounds()[rnd])} of the reference afresh ({self.parts})"
@@ -180,9 +180,13 @@ class Inheritune(Method):
                 init = (f"round {rnd}'s target + reference blocks {rounds[-1].identity['model']['n_layer']}-"
                         f"{n_layer - 1}{', its AdamW state carried' if self.carry_optimizer else ''}")
             else:
-                init = f"inherits blocks 0-{n_layer - 1} of the reference afresh ({self.parts})"
+                init = f"inherits {self._first_blocks(n_layer)} of the reference afresh ({self.parts})"
             rounds.append(derived_stage(run, f"round{rnd + 1}-L{n_layer}", n_layer, "inheritune", init, **sources))
         return rounds
+
+    @staticmethod
+    def _first_blocks(n_layer: int) -> str:
+        return "block 0" if n_layer == 1 else f"blocks {blocks_text(range(n_layer))}"
 
     def baselines(self, run: Run) -> dict[int, list[Stage]]:
         """The scratch baselines for every depth the run may end at (e.g. [T, 2T] as in Table 1)."""
@@ -236,6 +240,14 @@ class Inheritune(Method):
         return {**result, "reference_val_loss": ref["val_loss"],
                 "matched": result["val_loss"] <= ref["val_loss"] + self.tolerance}
 
+    def bar_text(self, reference_val_loss: float) -> str:
+        """What a round must reach, as the progress lines say it: the reference's val loss, or with a tolerance
+        the bar it sets (a round below the reference but above the bar is not matched)."""
+        if not self.tolerance:
+            return f"reference {reference_val_loss:.4f}"
+        return (f"the bar {reference_val_loss + self.tolerance:.4f} (reference {reference_val_loss:.4f} "
+                f"{'+' if self.tolerance > 0 else '-'} tolerance {abs(self.tolerance):g})")
+
     def run(self, run, datamodule):
         import lightning as L
 
@@ -244,7 +256,9 @@ class Inheritune(Method):
         from lit_inheritune.training.runner import fit_growth
 
         rounds = self.rounds(run)
-        headers = Headers(run, self.plan(run), may_stop_early=len(rounds) > 1)
+        # at most: the reference, every round, and the scratch baselines of one depth (the one it stops at)
+        most = unique([reference_stage(run), *rounds, *self.baselines(run)[self.depths()[-1]]])
+        headers = Headers(run, most, may_stop_early=len(rounds) > 1)
         reference, ref_result = obtain_reference(run, datamodule, header=headers(reference_stage(run)))
         if ref_result is None:
             ref_result = measure(run, reference, datamodule)
@@ -269,7 +283,7 @@ class Inheritune(Method):
             stages=rounds, steps=run.steps, seeds=[run.seed + i for i in range(len(rounds))], name=run.name,
             grow=grow,
             stop=lambda r: self.judge(r, ref_result)["matched"],
-            describe=lambda r: (f"vs reference {ref_result['val_loss']:.4f}: "
+            describe=lambda r: (f"vs {self.bar_text(ref_result['val_loss'])}: "
                                 + ("matched" if self.judge(r, ref_result)["matched"] else "not matched")),
             carry_optimizer=self.carry_optimizer)
         identity = fit_identity(rounds, tolerance=self.tolerance, carry_optimizer=self.carry_optimizer)
@@ -300,7 +314,7 @@ class Inheritune(Method):
         final = rounds[-1]
         return ["\n" + table.read_text().split("\n\n", 1)[-1],
                 f"[{run.name}] Inheritune {final['n_layer']}L {'matched' if final['matched'] else 'did not match'} "
-                f"the reference (val loss {final['val_loss']:.4f} vs {final['reference_val_loss']:.4f}) after "
+                f"the reference (val loss {final['val_loss']:.4f} vs {self.bar_text(final['reference_val_loss'])}) after "
                 f"{len(rounds)} round(s) | table {table}"]
 
     def analysis_results(self, run, results):
