@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 SELECTIONS = ("first", "potent", "lazy", "block_influence", "random")  # = layer_study.STRATEGIES (a test checks)
@@ -78,23 +77,6 @@ def chosen_blocks(select: str, depths: Sequence[int], n_layer: int, values: Sequ
     return rounds
 
 
-@contextmanager
-def eager_attention(model):
-    """A Hugging Face model (an HFCausalLM: `.hf`) switched to eager attention while the block is running, so its
-    post-softmax attention can be read (the references trained here use SDPA, which yields none); any other model
-    as it is. (The model-family interface has no such operation yet: this reads the HF model directly.)"""
-    hf = getattr(model, "hf", None)
-    impl = getattr(getattr(hf, "config", None), "_attn_implementation", None)
-    if impl in (None, "eager"):
-        yield model
-        return
-    hf.set_attn_implementation("eager")
-    try:
-        yield model
-    finally:
-        hf.set_attn_implementation(impl)
-
-
 def _sha256(tensor) -> str:
     return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()
 
@@ -117,10 +99,9 @@ def reference_measure(measure: str, reference, datamodule, cache_dir: Path, refe
         what = f"AvgRank (tau {ATTENTION['tau']}, {ATTENTION['n_seq']} val windows of {seq_len} tokens)"
 
         def compute():
-            with eager_attention(reference):
-                return measure_attention(reference, datamodule.val_tokens, n_seq=ATTENTION["n_seq"],
-                                         seq_len=seq_len, taus=[ATTENTION["tau"]], seed=ATTENTION["seed"],
-                                         primary_tau=ATTENTION["tau"])["avg_rank"]
+            return measure_attention(reference, datamodule.val_tokens, n_seq=ATTENTION["n_seq"],
+                                     seq_len=seq_len, taus=[ATTENTION["tau"]], seed=ATTENTION["seed"],
+                                     primary_tau=ATTENTION["tau"])["avg_rank"]
     elif measure == "block_influence":
         windows = datamodule.val_set.tensors[0]
         settings = {"batch_size": BI_BATCH_SIZE}

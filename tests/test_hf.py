@@ -323,3 +323,25 @@ def test_evaluate_scores_a_pretrained_hf_model_with_its_own_tokenizer(tmp_path, 
     assert json.loads((tmp_path / "out" / "results.json").read_text())["ckpt"].endswith(SMOLLM2_GGUF)
     with pytest.raises(EvaluationError, match="pass data_dir"):
         evaluate_checkpoint(None, ["lastword"], tmp_path / "out2", pretrained=hf)
+
+
+def test_a_trained_target_on_sdpa_is_analysed_on_eager_attention_and_given_back_on_sdpa():
+    """A trained HF target reloads with SDPA (training's attention), which returns no attention weights: the
+    analysis reads them on eager attention, the same attention SDPA computes, and leaves the model on SDPA.
+    (The lazy-vs-potent study's targets failed here: 'post-softmax attention needs eager'.)"""
+    from lit_inheritune.analysis import attention_per_layer
+
+    hf = _tiny_llama(n_layer=2)
+    hf.set_attn_implementation("sdpa")
+    model = HFCausalLM(hf, block_size=16)
+    idx = torch.randint(0, 100, (2, 16))
+    attn = list(attention_per_layer(model, idx))
+    assert len(attn) == 2 and attn[0].shape == (2, 4, 16, 16)
+    torch.testing.assert_close(attn[0].sum(-1), torch.ones(2, 4, 16))
+    assert torch.all(attn[1].triu(1) == 0)  # causal
+    assert hf.config._attn_implementation == "sdpa"
+    with torch.no_grad():  # the same model either way: eager and SDPA agree on the logits
+        sdpa = model(idx)["logits"]
+        out = model(idx, return_attn=True)
+    torch.testing.assert_close(out["logits"], sdpa, atol=1e-5, rtol=1e-5)
+    assert len(out["attn"]) == 2 and hf.config._attn_implementation == "sdpa"

@@ -57,6 +57,7 @@ from lit_inheritune.models.hf_wrapper import (  # noqa: F401
     HFConfigView,
     _unwrap,
     decoder_layers,
+    eager_attention,
     hf_from_hparams,
     layer_list_name,
 )
@@ -138,9 +139,8 @@ def hf_data_tokenizer(spec: dict) -> HFDataTokenizer:
 def hf_attention_per_layer(model: HFCausalLM, idx: torch.Tensor) -> Iterator[torch.Tensor]:
     """Each layer's post-softmax attention (B, H, T, T) for idx (B, T), from the base model (no LM head).
     HF returns every layer at once, so they are all alive together (analysis._auto_batch_size knows)."""
-    if model.hf.config._attn_implementation != "eager":
-        raise ValueError("post-softmax attention needs attn_implementation='eager' (load_hf_model's default)")
-    out = model.hf.base_model(input_ids=idx, use_cache=False, output_attentions=True)
+    with eager_attention(model.hf):
+        out = model.hf.base_model(input_ids=idx, use_cache=False, output_attentions=True)
     if out.attentions is None or len(out.attentions) != model.config.n_layer:
         raise ValueError(f"{type(model.hf).__name__} returned no per-layer attention")
     yield from out.attentions

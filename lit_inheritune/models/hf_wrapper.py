@@ -7,6 +7,7 @@ back); and where each architecture keeps its decoder layers.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -89,14 +90,28 @@ class HFCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_attn: bool = False):
-        if return_attn and self.hf.config._attn_implementation != "eager":
-            raise ValueError("post-softmax attention needs attn_implementation='eager' (load_hf_model's default)")
-        out = self.hf(input_ids=idx, use_cache=False, output_attentions=return_attn)
+        with eager_attention(self.hf) if return_attn else nullcontext():
+            out = self.hf(input_ids=idx, use_cache=False, output_attentions=return_attn)
         logits = out.logits  # (B, T, V)
         loss = None
         if targets is not None:  # targets are already shifted, as our data pipeline yields them
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
         return {"logits": logits, "loss": loss, "attn": list(out.attentions) if return_attn else None}
+
+
+@contextmanager
+def eager_attention(hf_model):
+    """The HF model on eager attention while the block runs: SDPA, which load_hf_model leaves to training (a
+    trained target is reloaded with it), returns no post-softmax attention to read."""
+    impl = hf_model.config._attn_implementation
+    if impl == "eager":
+        yield
+        return
+    hf_model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        hf_model.set_attn_implementation(impl)
 
 
 def hf_from_hparams(model_hparams: dict, state: dict | None) -> HFCausalLM:
