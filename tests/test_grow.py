@@ -290,3 +290,21 @@ def test_a_block_list_that_cannot_grow_as_asked_is_a_config_error(tmp_path, fixt
         run(_cfg(tmp_path, fixture_data_dir, "method.blocks=[1,2]", "method.grow_list=true", override))
     with pytest.raises(ConfigError, match="method.grow_list=true grows an explicit list of blocks"):
         run(_cfg(tmp_path, fixture_data_dir, "method.grow_list=true"))
+
+
+def test_stage_headers_name_one_block_as_a_block(tmp_path):
+    """What each round inherits, as its header says it: 'block 0' and 'block 2', never 'blocks 0-0' or '2-2'."""
+    from lit_inheritune.run import plan
+
+    def inits(*extra):
+        cfg = compose([*TINY, "method=inheritune", "model.n_layer=4", "method.n_layer=1", "method.grow_by=1",
+                       "method.max_layers=3", f"paths.root_dir={tmp_path}", *extra])
+        return [s.init for s in plan(cfg) if s.name.startswith("round")]
+
+    assert inits() == ["inherits block 0 of the reference (block)",
+                       "inherits blocks 0-1 of the reference afresh (block)",
+                       "inherits blocks 0-2 of the reference afresh (block)"]
+    assert inits("method.grow_mode=append", "method.carry_optimizer=true")[1:] == [
+        "round 1's target + reference block 1, its AdamW state carried",
+        "round 2's target + reference block 2, its AdamW state carried"]
+    assert inits("method.grow_mode=append", "method.grow_by=2")[1:] == ["round 1's target + reference blocks 1-2"]

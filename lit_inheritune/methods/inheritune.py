@@ -172,21 +172,24 @@ class Inheritune(Method):
                 init = (f"inherits the {n_layer} {TITLES[self.select]} blocks of the reference"
                         f"{' afresh' if rnd else ''} ({self.parts})")
             elif rnd == 0:
-                what = f"blocks {list(self.blocks)}" if self.blocks else self._first_blocks(n_layer)
+                what = f"blocks {list(self.blocks)}" if self.blocks else self._blocks_named(range(n_layer))
                 init = f"inherits {what} of the reference ({self.parts})"
             elif self.blocks:
                 init = f"inherits blocks {blocks_text(self.list_rounds()[rnd])} of the reference afresh ({self.parts})"
             elif self.grow_mode == "append":
-                init = (f"round {rnd}'s target + reference blocks {rounds[-1].identity['model']['n_layer']}-"
-                        f"{n_layer - 1}{', its AdamW state carried' if self.carry_optimizer else ''}")
+                added = range(rounds[-1].identity["model"]["n_layer"], n_layer)
+                init = (f"round {rnd}'s target + reference {self._blocks_named(added)}"
+                        f"{', its AdamW state carried' if self.carry_optimizer else ''}")
             else:
-                init = f"inherits {self._first_blocks(n_layer)} of the reference afresh ({self.parts})"
+                init = f"inherits {self._blocks_named(range(n_layer))} of the reference afresh ({self.parts})"
             rounds.append(derived_stage(run, f"round{rnd + 1}-L{n_layer}", n_layer, "inheritune", init, **sources))
         return rounds
 
     @staticmethod
-    def _first_blocks(n_layer: int) -> str:
-        return "block 0" if n_layer == 1 else f"blocks {blocks_text(range(n_layer))}"
+    def _blocks_named(blocks) -> str:
+        """'block 2' or 'blocks 0-3', as the stage headers name what a round inherits."""
+        blocks = list(blocks)
+        return f"block {blocks[0]}" if len(blocks) == 1 else f"blocks {blocks_text(blocks)}"
 
     def baselines(self, run: Run) -> dict[int, list[Stage]]:
         """The scratch baselines for every depth the run may end at (e.g. [T, 2T] as in Table 1)."""
