@@ -25,7 +25,7 @@ fi
 
 # Last-word accuracy of every trained target, and of the reference on the same passages (report.collect reads
 # <run>/reference/eval as the reference row's).
-for stage in "$GROUP"/*/round1-L* "$GROUP"/embedding_only-*; do
+for stage in "$GROUP"/*/round1-L* "$GROUP"/embedding_only-*/embedding-L*; do
     [ -f "$stage/checkpoints/last.ckpt" ] || continue
     [ -f "$stage/eval/results.json" ] ||
         "$PY" -m lit_inheritune.evaluate ckpt="$stage/checkpoints/last.ckpt" 'tasks=[lastword]'
@@ -43,7 +43,7 @@ for label_run in first:inheritune-n4-block-reinherit potent:inheritune-n4-block-
     ckpt=$GROUP/${label_run#*:}-s1/round1-L4/checkpoints/last.ckpt
     [ -f "$ckpt" ] && ckpts+=("+ckpts.${label_run%%:*}_4L=$ckpt")
 done
-ckpt=$GROUP/embedding_only-L4-wpe-lnf-s1/checkpoints/last.ckpt
+ckpt=$GROUP/embedding_only-L4-wpe-lnf-s1/embedding-L4/checkpoints/last.ckpt
 [ -f "$ckpt" ] && ckpts+=("+ckpts.embedding_only_4L=$ckpt")
 [ ${#ckpts[@]} -eq 0 ] || "$PY" -m lit_inheritune.analyze data_dir="$ROOT/data/embedded-smollm2" \
     out_dir="$OUT/analysis" "${ckpts[@]}"

@@ -155,6 +155,54 @@ def test_reproduce_cpu_trains_the_scratch_5l_rows_only_when_a_seed_reached_round
     assert trained_5l() == 2
 
 
+@pytest.mark.subprocess
+def test_every_row_of_the_smollm2_transfer_suite_is_a_stage_its_script_trains_evaluates_and_analyses(tmp_path):
+    """experiments/smollm2_transfer.sh with a stub for python: each suite row names a stage one of its training
+    commands plans (the embedding-only control once read "not run": its stage sits one folder below the run),
+    and once those stages have checkpoints, every one is evaluated and every 4-layer one analysed."""
+    import shlex
+    import subprocess
+
+    import yaml
+
+    from lit_inheritune.paper import HERE as PAPER_DIR
+    from lit_inheritune.report.runs import _label_and_seed
+    from lit_inheritune.run import plan
+
+    script = Path(__file__).parents[1] / "experiments" / "smollm2_transfer.sh"
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$(dirname "$0")/calls"\n')
+    stub.chmod(0o755)
+
+    def calls() -> list[list[str]]:
+        (tmp_path / "calls").unlink(missing_ok=True)
+        env = {**os.environ, "PY": str(stub)}  # LIT_INHERITUNE_ROOT: the test's own root, as compose's
+        subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
+        return [shlex.split(c) for c in (tmp_path / "calls").read_text().splitlines()]
+
+    group = Path(os.environ["LIT_INHERITUNE_ROOT"]) / "outputs" / "cpu_smollm2_transfer"
+    stages = {}
+    for call in calls():
+        if call[:2] == ["-m", "lit_inheritune"]:
+            for stage in plan(compose(call[2:])):
+                stages[_label_and_seed(group, stage.dir)[0]] = stage.dir
+    suite = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())["cpu_smollm2_transfer"]
+    rows = {row["run"] for table in suite["tables"] for row in table["rows"]}
+    assert {r for r in rows if not r.endswith("/reference")} <= set(stages)
+
+    for stage_dir in stages.values():
+        (stage_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (stage_dir / "checkpoints" / "last.ckpt").write_text("")
+    later = calls()
+    evaluated = {c[2].removeprefix("ckpt=") for c in later if c[:2] == ["-m", "lit_inheritune.evaluate"]
+                 and c[2].startswith("ckpt=")}
+    assert evaluated == {str(d / "checkpoints" / "last.ckpt") for d in stages.values()}
+    [analyze] = [c for c in later if c[:2] == ["-m", "lit_inheritune.analyze"]]
+    analysed = {o.split("=", 1)[1] for o in analyze if o.startswith("+ckpts.")}
+    assert analysed == {str(d / "checkpoints" / "last.ckpt") for d in stages.values()
+                        if d.name.endswith("-L4") and d.parent.name.endswith("-s1")}
+
+
 # What each paper experiment must compose to, from PAPER.md sections 2-4. `ref` is the reference's
 # (layers, width, heads); tokens per step = batch x context x accumulation x devices as configured.
 OPENWEBTEXT = dict(steps=100_000, lr_floor=1e-5, warmup=2000, beta2=0.95, tokens_per_step=49_152,  # v2 code
