@@ -169,3 +169,18 @@ def test_progress_bar_counts_a_resumed_stage_to_its_real_total():
     bar.get_metrics = lambda *args: {}
     bar.on_train_batch_end(trainer, None, None, None, 59)
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (120, 200)
+
+
+def test_a_stage_keeps_its_number_when_its_header_is_asked_for_again():
+    """A fit resumed in round 1 names its stage twice (the lock it takes over, then where it resumes): both lines
+    say "stage 1", and the next stage is still stage 2."""
+    from types import SimpleNamespace
+
+    from lit_inheritune.methods.base import Headers, Stage
+
+    run_ = SimpleNamespace(name="r")
+    first, second = (Stage(f"round{i}-L{i}", Path(f"/runs/round{i}"), {}, "inherits") for i in (1, 2))
+    headers = Headers(run_, [first, second], may_stop_early=True)
+    said = [headers(first), headers(first), headers(second), headers(first), headers(None)]
+    assert said == ["[r] stage 1 of up to 2: round1-L1 (inherits)", "[r] stage 1 of up to 2: round1-L1 (inherits)",
+                    "[r] stage 2 of up to 2: round2-L2 (inherits)", "[r] stage 1 of up to 2: round1-L1 (inherits)", ""]

@@ -309,17 +309,18 @@ def unique(stages: list[Stage | None]) -> list[Stage]:
 
 
 class Headers:
-    """Numbers the stages as they start: "stage 2 of 5" (or "of up to 6" when rounds may stop early)."""
+    """Numbers the stages as they start: "stage 2 of 5" (or "of up to 6" when rounds may stop early). A stage keeps
+    its number when its header is asked for again (a lock taken over, then the resume line)."""
 
     def __init__(self, run: Run, stages: list[Stage], may_stop_early: bool = False):
-        self.run, self.done = run, 0
+        self.run, self.numbers = run, {}
         self.total = f"up to {len(stages)}" if may_stop_early else str(len(stages))
 
     def __call__(self, stage: Stage | None) -> str:
         if stage is None:
             return ""
-        self.done += 1
-        return stage.header(self.run, self.done, self.total)
+        number = self.numbers.setdefault(stage.dir, len(self.numbers) + 1)
+        return stage.header(self.run, number, self.total)
 
 
 # ----------------------------------------------------------------------------------------------------------------
