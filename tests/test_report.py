@@ -425,3 +425,52 @@ def test_seeds_that_cannot_pair_fall_back_to_welch():
     lhs, rhs = [4.70, 4.72], [4.80, 4.83]
     assert compare(lhs, rhs, [1, 2], [1, None]) == welch(lhs, rhs)
     assert compare(lhs, rhs, [1, 1], [1, 1]) == welch(lhs, rhs)
+
+
+def test_a_second_reference_seed_fills_its_own_rows_and_leaves_table_one_on_seed_zero(tmp_path):
+    """suites.yaml's `only_seeds`: with references of seeds 0 and 1 in one group, Table 1's reference row stays
+    seed 0's run; the reference-seeds table judges each Inheritune row against its own reference (one run: a
+    one-sample test) and against both seeds (Welch), and its curves draw only the seeds a row names."""
+    from lit_inheritune.report import suite_tables, write_suite
+
+    group = tmp_path / "cpu_medium_16l"
+    _stage(group, "scratch-L8-T1500-s0", 4.76, curve={750: 5.0, 1500: 4.76}, n_layer=8, steps=1500)
+    _stage(group, "scratch-L8-T1500-s1", 4.70, curve={750: 4.9, 1500: 4.70}, n_layer=8, steps=1500)
+    for seed, (ref0, ref1) in {1: (4.71, 4.66), 2: (4.72, 4.665), 3: (4.72, 4.67)}.items():
+        _stage(group, f"inheritune-n4-block-reinherit-s{seed}/round1-L4", ref0)
+        _stage(group, f"inheritune-n4-block-reinherit-ref1-s{seed}/round1-L4", ref1)
+    runs = collect(group)
+    table1 = {t["id"]: t for t in suite_tables("cpu_medium_16l", runs)}["table1"]
+    reference = next(r for r in table1["rows"] if r["name"] == "reference 8L, rand, 3T")
+    assert reference["ours"] == [4.76] and reference["seeds"] == [0]
+
+    [table] = suite_tables("cpu_medium_16l_reference_seeds", runs)
+    rows = {r["name"]: r for r in table["rows"]}
+    assert rows["reference 8L, seed 0"]["ours"] == [4.76] and rows["reference 8L, seed 1"]["ours"] == [4.70]
+    assert sorted(rows["reference 8L, seeds 0 and 1"]["ours"]) == [4.70, 4.76]
+    assert rows["Inheritune 4L from reference seed 1"]["ours_seeds"] == [1, 2, 3]
+    checks = {c["claim"]: c for c in table["checks"]}
+    own = checks["Inheritune 4L matches its reference (seed 1)"]
+    assert own["test"] == "one-sample t-test against the single run" and own["ours"] == "holds"
+    assert own["margin"] == pytest.approx(4.70 - (4.66 + 4.665 + 4.67) / 3)
+    both = checks["Inheritune 4L from reference seed 0 matches the reference over both seeds"]
+    assert both["test"] == "Welch's t-test" and both["ours"] == "tie"  # 4.717 against 4.70 and 4.76
+    assert checks["Inheritune 4L from reference seed 0 beats it from seed 1 (a tie: the reference's seed does not "
+                  "move it)"]["test"] == "paired t-test by seed"
+
+    import matplotlib.pyplot as plt
+
+    drawn = {}
+    original = plt.Axes.plot
+
+    def spy(ax, xs, ys, *args, label=None, **kwargs):
+        drawn[label] = list(ys)
+        return original(ax, xs, ys, *args, label=label, **kwargs)
+
+    plt.Axes.plot = spy
+    try:
+        write_suite(group, tmp_path / "out", "cpu_medium_16l_reference_seeds")
+    finally:
+        plt.Axes.plot = original
+    assert drawn["reference 8L, seed 1 (1 seed)"] == [4.9, 4.70]
+    assert drawn["reference 8L, seeds 0 and 1 (2 seeds)"] == pytest.approx([4.95, 4.73])

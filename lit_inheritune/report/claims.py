@@ -24,6 +24,7 @@ from lit_inheritune.report.runs import (
     check_seeds_agree,
     collect,
     last_word_acc,
+    row_runs,
     val_curve,
 )
 from lit_inheritune.report.stats import ALPHA, compare
@@ -42,9 +43,7 @@ def _ours(row: dict, runs: list[dict]) -> tuple[list[float], list]:
     """The row's val loss, one value per seed that has it (final, or read off the curve at `at_step`), and those
     seeds in the same order (a paired test matches them)."""
     values, seeds = [], []
-    for run in runs:
-        if run["label"] != row["run"]:
-            continue
+    for run in row_runs(row, runs):
         if "at_step" in row:
             value = val_curve(run["dir"]).get(int(row["at_step"]))
             if value is not None:
@@ -176,7 +175,7 @@ def row_compute(row: dict, runs: list[dict]) -> dict:
     """Tokens, training FLOPs of the row's own stage and cumulative FLOPs with everything it was built from
     (compute.py), from the first seed's identity (the seeds agree on all but their seed); read off the curve
     at `at_step`, the row's own stage counts up to that step."""
-    run = next((r for r in runs if r["label"] == row["run"] and r.get("identity")), None)
+    run = next((r for r in row_runs(row, runs) if r.get("identity")), None)
     if run is None:
         return {"tokens": None, "flops": None, "cumulative_flops": None}
     ident = run["identity"]
@@ -222,14 +221,15 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
             row = {**row, "run": row_run(row)}
             paper = {**_paper_row(row["paper"]), "name": paper_name(row["paper"])} if row.get("paper") else None
             values, value_seeds = _ours(row, runs)
+            mine = row_runs(row, runs)
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
+                         "only_seeds": row.get("only_seeds"),
                          "ours": values, "ours_seeds": value_seeds, "mean": statistics.fmean(values) if values else None,
-                         "seeds": sorted(r["seed"] for r in runs if r["label"] == row["run"]),
-                         "last_word_acc": [a for r in runs if r["label"] == row["run"] and not row.get("at_step")
+                         "seeds": sorted(r["seed"] for r in mine),
+                         "last_word_acc": [a for r in mine if not row.get("at_step")
                                            and (a := last_word_acc(r["dir"])) is not None],
-                         "config_sha256": sorted({r["provenance"]["config_sha256"] for r in runs
-                                                  if r["label"] == row["run"] and "config_sha256" in r.get(
-                                                      "provenance", {})}),
+                         "config_sha256": sorted({r["provenance"]["config_sha256"] for r in mine
+                                                  if "config_sha256" in r.get("provenance", {})}),
                          "paper": paper,
                          "not_run": None if values else not_run_reason(row.get("needed_by", row["run"]), runs),
                          **row_compute(row, runs)})

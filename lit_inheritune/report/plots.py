@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from lit_inheritune.paper import official_curves
-from lit_inheritune.report.runs import _label_and_seed, val_curve
+from lit_inheritune.report.runs import _label_and_seed, row_runs, val_curve
 
 
 def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | None:
@@ -25,11 +25,11 @@ def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | Non
         for row in table["rows"]:
             if row["at_step"] or row["cumulative_flops"] is None or not row["flops"]:
                 continue
-            curves = [c for r in runs if r["label"] == row["run"] and (c := val_curve(r["dir"]))]
+            curves = [c for r in row_runs(row, runs) if (c := val_curve(r["dir"]))]
             if not curves:
                 continue
             steps = sorted(set.intersection(*(set(c) for c in curves)))
-            run = next(r for r in runs if r["label"] == row["run"] and r.get("identity"))
+            run = next(r for r in row_runs(row, runs) if r.get("identity"))
             per_step = row["flops"] / run["identity"]["train"]["max_steps"]
             before = row["cumulative_flops"] - row["flops"]
             lines.append((row["name"], [before + per_step * s for s in steps],
@@ -68,7 +68,7 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2 if with_paper else 1, figsize=(12 if with_paper else 7, 4.5), squeeze=False)
     ax_ours, ax_paper = axes[0][0], axes[0][-1]
     for i, row in enumerate(table["rows"]):  # a row has the same colour in both panels
-        curves = [val_curve(r["dir"]) for r in runs if r["label"] == row["run"]]
+        curves = [val_curve(r["dir"]) for r in row_runs(row, runs)]
         curves = [c for c in curves if c]
         if curves:
             steps = sorted(set.intersection(*(set(c) for c in curves)))

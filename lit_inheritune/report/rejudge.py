@@ -35,26 +35,32 @@ def _value_seeds(old: dict) -> list | None:
     return seeds if len(seeds) == len(old["ours"]) and all(isinstance(s, int) and 0 <= s < 10 for s in seeds) else None
 
 
+def _key(row: dict) -> tuple:
+    """What fills a row: its run label, where on the curve and which of the label's seeds."""
+    return row["run"], row.get("at_step"), tuple(row.get("only_seeds") or ())
+
+
 def rejudged_tables(report: dict) -> list[dict]:
     spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[report["suite"]]
     old_tables = {t["id"]: t for t in report["tables"]}
     # a run can fill rows of several tables: a row new to one table takes the run's values from another
-    anywhere = {(r["run"], r["at_step"]): r for t in report["tables"] for r in t["rows"]}
+    anywhere = {_key(r): r for t in report["tables"] for r in t["rows"]}
     tables = []
     for table in spec["tables"]:
         if table["id"] not in old_tables:
             raise ConfigError(f"table {table['id']} of suite {report['suite']} is not in this report: it needs the "
                               "runs (python -m lit_inheritune.report --suite)")
-        old_rows = {(r["run"], r["at_step"]): r for r in old_tables[table["id"]]["rows"]}
+        old_rows = {_key(r): r for r in old_tables[table["id"]]["rows"]}
         rows = []
         for row in table["rows"]:
             row = {**row, "run": row_run(row)}
-            key = (row["run"], row.get("at_step"))
+            key = _key(row)
             old = old_rows.get(key) or anywhere.get(key)
             kept = {k: old[k] for k in _KEPT} if old else {
                 "ours": [], "seeds": [], "last_word_acc": [], "config_sha256": [], "not_run": None,
                 "tokens": None, "flops": None, "cumulative_flops": None}
-            rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"), **kept,
+            rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),
+                         "only_seeds": row.get("only_seeds"), **kept,
                          "ours_seeds": _value_seeds(old) if old else [],
                          "mean": statistics.fmean(kept["ours"]) if kept["ours"] else None,
                          "paper": _paper_row(row["paper"]) if row.get("paper") else None})

@@ -49,6 +49,13 @@ def collect(group_dir: str | Path) -> list[dict]:
     return rows
 
 
+def row_runs(row: dict, runs: list[dict]) -> list[dict]:
+    """The runs that fill a suite row: those of its label, limited to the row's `only_seeds` where it names them
+    (one reference seed of several trained in the group, say)."""
+    only = row.get("only_seeds")
+    return [r for r in runs if r["label"] == row["run"] and (only is None or r["seed"] in only)]
+
+
 def val_curve(stage_dir: str | Path, starts: bool = True) -> dict[int, float]:
     """step -> val loss from a stage's CSV log. Lightning logs a validation at the 0-based index of the last
     training batch, so a row's step + 1 is the number of optimizer steps taken; a resumed run's repeated
