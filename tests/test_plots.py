@@ -71,6 +71,45 @@ def test_a_report_panel_with_no_runs_says_so(tmp_path, monkeypatch):
     assert texts == ["no runs"]
 
 
+LONG_TITLE = ("4-layer targets from SmolLM2-135M: which blocks transfer (paper: v4 Table 4, 4-layer variants of a 12L "
+              "GPT-2 Small)")
+
+
+@pytest.mark.parametrize("plot", ["curves", "compute"])
+def test_a_long_table_title_lies_inside_the_figure(tmp_path, monkeypatch, plot):
+    import matplotlib.figure
+
+    from lit_inheritune.report import plot_compute, plot_curves
+
+    outside = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def check_then_save(fig, *args, **kwargs):
+        fig.canvas.draw()
+        renderer, frame = fig.canvas.get_renderer(), fig.bbox
+        titles = [fig._suptitle, *(ax.title for ax in fig.axes)]
+        for text in (t for t in titles if t is not None and t.get_text()):
+            box = text.get_window_extent(renderer)
+            if box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1:
+                outside.append(text.get_text())
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", check_then_save)
+    stage = tmp_path / "inheritune-n4-s1" / "round1-L4"
+    (stage / "csv").mkdir(parents=True)
+    (stage / "csv" / "metrics.csv").write_text("step,val/loss\n49,6.0\n99,5.5\n")
+    runs = [{"label": "inheritune-n4/round1-L4", "seed": 1, "dir": str(stage),
+             "identity": {"train": {"max_steps": 100}}}]
+    row = {"name": "Inheritune 4L", "run": "inheritune-n4/round1-L4", "mean": 5.5, "at_step": None, "paper": None,
+           "flops": 1e12, "cumulative_flops": 5e12}
+    table = {"title": LONG_TITLE, "rows": [row]}
+    if plot == "curves":
+        plot_curves(table, runs, tmp_path / "curves.png")
+    else:
+        assert plot_compute([table], runs, tmp_path / "compute.png")
+    assert not outside
+
+
 def test_max_rank_draws_uniform_causal_attention_as_its_baseline(tmp_path, monkeypatch):
     """Uniform causal attention over 2 tokens is [[1, 0], [1/2, 1/2]]: singular values squared (3 +- sqrt 5)/4, so
     the first holds 0.873 of the energy (k* = 1 at tau 0.8, 2 at 0.9); column 0 holds 1.25 / 1.5 = 0.833 of the

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from pathlib import Path
 
 from lit_inheritune.paper import official_curves
 from lit_inheritune.report.runs import _label_and_seed, row_runs, val_curve
+
+
+def _fitted(title: str, width_inches: float, fontsize: float) -> str:
+    """`title` broken into lines that fit the figure's width (a character is about 0.6 em wide)."""
+    return textwrap.fill(title, max(20, int(width_inches * 72 / (0.6 * fontsize))))
 
 
 def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | None:
@@ -44,7 +50,7 @@ def plot_compute(tables: list[dict], runs: list[dict], path: Path) -> Path | Non
             ax.plot(xs, ys, marker="o", markersize=2, label=label)
         ax.set_xscale("log")
         ax.set(xlabel="cumulative training FLOPs (reference included)", ylabel="val loss")
-        ax.set_title(table["title"], fontsize=8)
+        ax.set_title(_fitted(table["title"], fig.get_figwidth(), 8), fontsize=8)
         bests = [min(ys) for _, _, ys in lines]
         ax.set_ylim(min(bests) - 0.05, min(bests) + 1.0)
         ax.grid(alpha=0.3, which="both")
@@ -98,7 +104,7 @@ def plot_curves(table: dict, runs: list[dict], path: Path) -> Path:
             ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", fontsize=14,
                     color="grey")
         ax.grid(alpha=0.3)
-    fig.suptitle(table["title"], fontsize=10)
+    fig.suptitle(_fitted(table["title"], fig.get_figwidth(), 10), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
