@@ -186,9 +186,19 @@ def judge(entry: dict) -> dict:
 
 
 MEASURED_HEADING = "## What the pilot measured and what it did not try"
+# Single-lever changes the pilot can compare: (base config, changed config, the change, what it leaves open)
+LEVERS = [
+    ("shape_4v2", "steps_bs8_4v2", "4x the optimizer steps at the same tokens (k = 4)",
+     "whether more steps would ever close the gap"),
+    ("shape_4v2", "lr3e-3_4v2", "3x the learning rate (k = 4)", "whether a higher rate still would close it"),
+    ("base_8v4", "steps_bs8_8v4", "4x the optimizer steps at the same tokens (k = 8)",
+     "whether more steps would ever close the gap"),
+    ("base_8v4", "lr3e-3_8v4", "3x the learning rate (k = 8)", "whether a higher rate still would close it"),
+]
 
 
-def measured_section(verdicts: dict, configs: dict) -> list[str]:
+def measured_section(verdicts: dict, configs: dict, fallback_below: bool = True,
+                     later: dict[str, str] | None = None) -> list[str]:
     """The pilot's findings as measured, without extrapolation: each config's gap (seeds per side), the one change
     of a single lever that was run, and the configs it defined but never ran. Takes pilot.json's `verdicts` and
     `configs`, so it can be rewritten from the committed file (`measured` command) where the runs are gone."""
@@ -197,21 +207,25 @@ def measured_section(verdicts: dict, configs: dict) -> list[str]:
            "Measured (gap = k/2-layer val - k-layer val at equal steps; positive means the deeper model wins):"]
     for name, v in ran.items():
         c = configs[name]
+        where = f"; run after the pilot, {later[name]}" if name in (later or {}) else ""
         out.append(f"- {name} ({c['hypothesis']}): k = {c['k']}, {c['steps']} steps, gap {v['gap']:+.4f} "
-                   f"({v['n_deep']} seed(s) of the k-layer model, {v['n_half']} of the k/2-layer model)")
-    a, b = ran.get("shape_4v2"), ran.get("steps_bs8_4v2")
-    if a and b:
-        ratio = configs["steps_bs8_4v2"]["steps"] / configs["shape_4v2"]["steps"]
-        out.append(f"- {ratio:g}x the optimizer steps at the same tokens (k = 4) moved the gap by "
-                   f"{b['gap'] - a['gap']:+.4f}, from one seed a side: two points, so no trend is measured and "
-                   "none is extrapolated; whether more steps would ever close the gap is not known from the pilot")
+                   f"({v['n_deep']} seed(s) of the k-layer model, {v['n_half']} of the k/2-layer model{where})")
+    for base, changed, lever, question in LEVERS:
+        a, b = ran.get(base), ran.get(changed)
+        if a and b:
+            seeds = "one seed a side" if max(a["n_deep"], a["n_half"], b["n_deep"], b["n_half"]) == 1 else (
+                f"seeds {a['n_deep']}/{a['n_half']} and {b['n_deep']}/{b['n_half']} (k / k/2)")
+            out.append(f"- {lever} ({changed} against {base}) moved the gap by {b['gap'] - a['gap']:+.4f}, from "
+                       f"{seeds}: two points, so no trend is measured and none is extrapolated; {question} is not "
+                       "known from the pilot")
     out += ["", "Not tried:"]
     out += [f"- {name} ({configs[name]['hypothesis']}): defined, not run (pilot budget spent)"
             for name, v in verdicts.items() if "gap" not in v]
     out.append("- more tokens per run than the configs above, or another width or context")
     if ran and all(v["n_deep"] == 1 for v in ran.values()):
         out.append("- a second seed of any k-layer model: every gap's k-layer side is one run")
-    out += ["", "No config met the rule, so the twin takes the issue's fallback (below)." if not any(
+    where = "below" if fallback_below else "experiments/results/regime/pilot.md"
+    out += ["", f"No config met the rule, so the twin takes the issue's fallback ({where})." if not any(
                 v.get("status") == "meets the rule" for v in verdicts.values()) else "", ""]
     return out
 
@@ -225,7 +239,13 @@ def rewrite_measured(out: Path) -> None:
     start = next(md.index(h) for h in (MEASURED_HEADING, "## Where the trend would meet the rule") if h in md)
     end = md.index("## Fallback", start)
     prov = provenance("python experiments/regime_pilot.py measured")
-    section = measured_section(data["verdicts"], data["configs"])
+    # follow-ups (`report --configs NAME --out <out>/NAME`) measured what the pilot left: their verdicts count here
+    later, verdicts = {}, dict(data["verdicts"])
+    for path in sorted(out.glob("*/pilot.json")):
+        for name, v in json.loads(path.read_text())["verdicts"].items():
+            if "gap" in v:
+                verdicts[name], later[name] = v, f"{path.parent.name}/pilot.md"
+    section = measured_section(verdicts, data["configs"], later=later)
     section.insert(1, f"\n(this section rewritten from pilot.json by `{prov['command']}` at commit `{prov['commit']}`, "
                       f"{prov['date']})")
     (out / "pilot.md").write_text(md[:start] + "\n".join(section) + "\n" + md[end:])
@@ -235,18 +255,22 @@ def _fmt(x: float, nd: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def report(out: Path) -> None:
+def report(out: Path, configs: list[str] | None = None) -> None:
+    """pilot.md, pilot.json and pilot.png of every config and the fallback; with `configs`, of those configs only (a
+    follow-up run after the pilot, reported in its own directory: the pilot's own runs may be gone by then)."""
     from lit_inheritune.provenance import provenance
 
     data = collect()
+    if configs:
+        data = {name: data[name] for name in configs}
     verdicts = {name: judge(entry) for name, entry in data.items()}
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Regime pilot: does the k-layer model beat the k/2-layer model at equal steps?", ""]
+    lines = ["# Regime pilot" + (f" follow-up ({', '.join(configs)})" if configs else "")
+             + ": does the k-layer model beat the k/2-layer model at equal steps?", ""]
     lines += [f"- {k}: `{v}`" for k, v in provenance().items()]
     trained = sorted({r["provenance"]["commit"] for e in data.values() for rs in e["runs"].values() for r in rs})
     lines.append(f"- runs trained at commit(s): {', '.join(f'`{c}`' for c in trained) or '-'} (a run records its "
-                 "checkout's HEAD when it finishes; the runs of this session were launched while the checkout moved "
-                 "between commits of the same scratch-training code path)")
+                 "checkout's HEAD when it finishes)")
     lines += ["- runs: `python experiments/regime_pilot.py run` (one thread per run, two runs at a time); "
               "every run is `python -m lit_inheritune method=scratch` with the config's overrides",
               "- base: d=128, 4 heads, ctx 128, BPE-4096 on the embedded corpus, batch 32, lr 1e-3 -> 1e-4, "
@@ -276,31 +300,37 @@ def report(out: Path) -> None:
     lines += ["", "Chosen regime (cheapest that meets the rule): "
               + (f"**{chosen[0]}**" if chosen else "none: no config met the rule within the pilot"), ""]
     lines += measured_section(verdicts, {n: {k: e[k] for k in ("k", "steps", "hypothesis")}
-                                         for n, e in data.items()})
-    fb = collect_fallback()
+                                         for n, e in data.items()}, fallback_below=not configs)
+    # the fallback is the whole pilot's: a follow-up of some configs leaves it to the pilot's own pilot.md
+    fb = collect_fallback() if not configs else {"half": [], "ref": {}}
     fb_rows = judge_fallback(fb)
-    f = FALLBACK
-    lines += [f"## Fallback: the k = {f['k']} reference trained longer, against the {f['k'] // 2}-layer scratch model at 2T",
-              "", f"Run with `python experiments/regime_pilot.py run --fallback`. T = {f['T']} steps (the twin's variant "
-              f"budget); the reference's seed {f['ref_seed']}, the {f['k'] // 2}-layer model's seeds {f['half_seeds']}; "
-              "otherwise the base settings. Enough: gap >= 0.05 and gap > 3 x the 2T model's std over seeds.", "",
-              f"| reference steps | {f['k']}L reference val | {f['k'] // 2}L scratch at 2T = {2 * f['T']} | gap | "
-              f"enough | s (reference run) |", "|---|---|---|---|---|---|"]
-    for row in fb_rows:
-        lines.append(f"| {row['ref_steps']} ({row['ref_steps'] // f['T']}T) | {_fmt(row['ref'])} | {_fmt(row['half'])} +- "
-                     f"{_fmt(row['half_std'])} ({row['n_half']} seeds) | {_fmt(row['gap'])} | "
-                     f"{'yes' if row['enough'] else 'no'} | {row['sec_ref']:.0f} |")
     enough = [row["ref_steps"] for row in fb_rows if row["enough"]]
-    lines += ["", "Reference budget for the twin (fewest steps that are enough): "
-              + (f"**{enough[0]} steps ({enough[0] // f['T']}T)**" if enough else "none yet"), ""]
+    if not configs:
+        lines += _fallback_section(fb_rows, enough)
     (out / "pilot.md").write_text("\n".join(lines) + "\n")
     (out / "pilot.json").write_text(json.dumps(
         {"provenance": provenance(), "verdicts": verdicts, "chosen": chosen[0] if chosen else None,
          "fallback": {"config": FALLBACK, "rows": fb_rows, "reference_steps": enough[0] if enough else None},
          "configs": {n: {k: e[k] for k in ("k", "steps", "overrides", "hypothesis")} for n, e in data.items()}},
         indent=2) + "\n")
-    _plot(data, verdicts, out / "pilot.png", fb)
+    _plot(data, verdicts, out / "pilot.png", None if configs else fb)
     print((out / "pilot.md").read_text())
+
+
+def _fallback_section(fb_rows: list[dict], enough: list[int]) -> list[str]:
+    f = FALLBACK
+    lines = [f"## Fallback: the k = {f['k']} reference trained longer, against the {f['k'] // 2}-layer scratch model at 2T",
+             "", f"Run with `python experiments/regime_pilot.py run --fallback`. T = {f['T']} steps (the twin's variant "
+             f"budget); the reference's seed {f['ref_seed']}, the {f['k'] // 2}-layer model's seeds {f['half_seeds']}; "
+             "otherwise the base settings. Enough: gap >= 0.05 and gap > 3 x the 2T model's std over seeds.", "",
+             f"| reference steps | {f['k']}L reference val | {f['k'] // 2}L scratch at 2T = {2 * f['T']} | gap | "
+             f"enough | s (reference run) |", "|---|---|---|---|---|---|"]
+    for row in fb_rows:
+        lines.append(f"| {row['ref_steps']} ({row['ref_steps'] // f['T']}T) | {_fmt(row['ref'])} | {_fmt(row['half'])} +- "
+                     f"{_fmt(row['half_std'])} ({row['n_half']} seeds) | {_fmt(row['gap'])} | "
+                     f"{'yes' if row['enough'] else 'no'} | {row['sec_ref']:.0f} |")
+    return lines + ["", "Reference budget for the twin (fewest steps that are enough): "
+                    + (f"**{enough[0]} steps ({enough[0] // f['T']}T)**" if enough else "none yet"), ""]
 
 
 def _plot(data: dict, verdicts: dict, path: Path, fallback: dict | None = None) -> None:
@@ -329,10 +359,13 @@ def _plot(data: dict, verdicts: dict, path: Path, fallback: dict | None = None) 
         if finals:
             lo = min(finals)
             ax.set_ylim(lo - 0.1, lo + 1.2)
-            ax.legend(fontsize=8)
+            if ax.lines:
+                ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
     ax = list(axes.flat)[len(names)]
+    if fallback is None:
+        ax.axis("off")
     f = FALLBACK
     for i, r in enumerate((fallback or {}).get("half", [])):
         if r["curve"]:
@@ -344,7 +377,7 @@ def _plot(data: dict, verdicts: dict, path: Path, fallback: dict | None = None) 
     ax.set_title(f"fallback: {f['k']}L reference trained longer", fontsize=9)
     ax.set_xlabel("step")
     ax.set_ylabel("val loss")
-    if ax.lines:
+    if fallback is not None and ax.lines:
         lowest = min(min(line.get_ydata()) for line in ax.lines)
         ax.set_ylim(lowest - 0.1, lowest + 1.2)
         ax.legend(fontsize=8)
@@ -367,6 +400,9 @@ def main() -> None:
     for name in ("report", "measured"):  # measured: only the findings section, from the committed pilot.json
         p = sub.add_parser(name)
         p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "regime")
+    sub.choices["report"].add_argument("--configs", default=None,
+                                       help="a follow-up: only these configs (comma-separated), e.g. into --out "
+                                            "experiments/results/regime/<config>")
     a = ap.parse_args()
     if a.cmd == "run":
         unknown = [c for c in a.configs.split(",") if c not in CONFIGS]
@@ -376,7 +412,11 @@ def main() -> None:
     elif a.cmd == "measured":
         rewrite_measured(a.out)
     else:
-        report(a.out)
+        configs = a.configs.split(",") if a.configs else None
+        unknown = [c for c in configs or [] if c not in CONFIGS]
+        if unknown:
+            sys.exit(f"error: unknown pilot config(s) {unknown}; known: {list(CONFIGS)}")
+        report(a.out, configs)
 
 
 if __name__ == "__main__":
