@@ -116,13 +116,15 @@ def test_suite_tables_put_ours_beside_the_paper_and_check_the_orderings(tmp_path
         "+0.04 | 0.0304 |" in md  # the two curves' noise in quadrature
     assert "Welch's t-test otherwise" in md and "p < 0.05" in md
     # no identity.json in these hand-made stages: no compute columns
-    assert "| 4.5200 +- 0.0283 | - | - | - | large-half-init_log | 2.80 | 9.0 +- 1.4 (2 seeds) | 34.64 |" in md
+    # the paper's rows by the paper's names (its figures' too), not its log files' (large-half-init_log)
+    assert "| 4.5200 +- 0.0283 | - | - | - | GPT-2 Large 18L, Inheritune round 1, 100K steps | 2.80 | 9.0 +- 1.4 " \
+        "(2 seeds) | 34.64 |" in md
     assert "| 5.0000 +- 0.0000 |" not in md and "| reference 8L, rand, 3T | `scratch-L8-T1500` | 0 | 4.6000 | " \
-        "- | - | - | large_log | 2.85 | - | 34.14 |" in md
+        "- | - | - | GPT-2 Large 36L, random init, 100K steps | 2.85 | - | 34.14 |" in md
     assert "| Inheritune 4L, round 1, T | `inheritune-n4-block-reinherit/round1-L4` | 1,2 | 4.5200 +- 0.0283 | " \
-           "- | - | - | large-half-init_log | 2.80 |" in md
-    assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | not run | - | - | - | large_stacking_2rnd " \
-           "| 2.87 |" in md
+           "- | - | - | GPT-2 Large 18L, Inheritune round 1, 100K steps | 2.80 |" in md
+    assert "| stacking 2L -> 4L, T + T | `stacking-L4/stage2-L4` | - | not run | - | - | - | GPT-2 Large 18L, " \
+           "stacking | 2.87 |" in md
     assert "- commit: `" in md
     assert all((tmp_path / "out" / f"{t}_curves.png").stat().st_size > 10_000
                for t in ("table1", "table1_growth", "table2", "table3", "kd"))

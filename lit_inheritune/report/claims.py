@@ -250,11 +250,11 @@ def suite_markdown(table: dict) -> str:
         run = row["run"] + (f" @ step {row['at_step']}" if row["at_step"] else "")
         seeds = ",".join(map(str, row["seeds"])) or "-"
         paper = row["paper"] or {}
-        paper_name = paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
+        paper_label = paper.get("name") or paper.get("run", "").rsplit("/", 1)[-1] or paper.get("source") or "-"
         paper_loss = "-" if not paper else f"{paper['val_loss']:.2f}" if round(paper["val_loss"], 2) == paper[
             "val_loss"] else f"{paper['val_loss']:.4f}"
         line = (f"| {row['name']} | `{run}` | {seeds} | {row['not_run'] or _fmt(row['ours'])} | {_fmt_count(row['tokens'])} | "
-                f"{_fmt_count(row['flops'])} | {_fmt_count(row['cumulative_flops'])} | {paper_name} | {paper_loss} |")
+                f"{_fmt_count(row['flops'])} | {_fmt_count(row['cumulative_flops'])} | {paper_label} | {paper_loss} |")
         if evaluated:
             line += f" {_fmt_acc(row['last_word_acc'])} | {paper.get('lambada_acc', '-')} |"
         lines.append(line)
