@@ -377,9 +377,9 @@ def test_a_committed_report_is_rejudged_from_its_tables_json_alone(tmp_path):
     tables = suite_tables("cpu_medium_16l", collect(group))
     old_rule = "A claim holds at our scale only when the margin exceeds the noise (2 x the pooled std over seeds)."
     sections = []
-    for t in tables:  # written as an older report did: the old rule's text, no ours_seeds, table1_growth's rows
-        for row in t["rows"]:
-            del row["ours_seeds"]
+    for t in tables:  # written as an older report did: the old rule's text, no ours_seeds or only_seeds,
+        for row in t["rows"]:  # table1_growth's rows
+            del row["ours_seeds"], row["only_seeds"]
         if t["id"] == "table1_growth":
             t["rows"] = [r for r in t["rows"] if r["name"] != "scratch 4L, 2T"]
             t["checks"] = [c for c in t["checks"] if not c["claim"].startswith("premise")]
@@ -405,6 +405,8 @@ def test_a_committed_report_is_rejudged_from_its_tables_json_alone(tmp_path):
     premise = growth["premise as run here: the 3T reference beats half-depth scratch trained 2T"]
     assert premise["test"] == "one-sample t-test against the single run" and premise["ours"] == "tie"
     assert "| scratch 4L, 2T | `scratch-L4-T1000` | 1,2,3 | 4.6000 +- 0.0500 |" in md
+    # the reference rows name only_seeds [0] now; the old rows of seed 0 alone are theirs
+    assert md.count("| reference 8L, rand, 3T | `scratch-L8-T1500` | 0 | 4.6000 |") == 3
     assert md == rejudge(out, command="rejudge").read_text()  # re-judging again changes nothing
 
 

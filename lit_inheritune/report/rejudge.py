@@ -41,6 +41,16 @@ def _key(row: dict) -> tuple:
     return row["run"], row.get("at_step"), tuple(row.get("only_seeds") or ())
 
 
+def _find(row: dict, rows: dict) -> dict | None:
+    """The old row with this row's values: the same key, or (a row that names `only_seeds` since) the old row of
+    its label whose seeds are all among them."""
+    if _key(row) in rows:
+        return rows[_key(row)]
+    old = rows.get((row["run"], row.get("at_step"), ()))
+    only = row.get("only_seeds")
+    return old if old and only and set(old.get("seeds") or ()) <= set(only) else None
+
+
 def rejudged_tables(report: dict) -> list[dict]:
     spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[report["suite"]]
     old_tables = {t["id"]: t for t in report["tables"]}
@@ -55,8 +65,7 @@ def rejudged_tables(report: dict) -> list[dict]:
         rows = []
         for row in table["rows"]:
             row = {**row, "run": row_run(row)}
-            key = _key(row)
-            old = old_rows.get(key) or anywhere.get(key)
+            old = _find(row, old_rows) or _find(row, anywhere)
             kept = {k: old[k] for k in _KEPT} if old else {
                 "ours": [], "seeds": [], "last_word_acc": [], "config_sha256": [], "not_run": None,
                 "tokens": None, "flops": None, "cumulative_flops": None}
