@@ -58,9 +58,8 @@ def rejudged_tables(report: dict) -> list[dict]:
     anywhere = {_key(r): r for t in report["tables"] for r in t["rows"]}
     tables = []
     for table in spec["tables"]:
-        if table["id"] not in old_tables:
-            raise ConfigError(f"table {table['id']} of suite {report['suite']} is not in this report: it needs the "
-                              "runs (python -m lit_inheritune.report --suite)")
+        if table["id"] not in old_tables:  # added to the suite since: it needs the runs (report --suite)
+            continue
         old_rows = {_key(r): r for r in old_tables[table["id"]]["rows"]}
         rows = []
         for row in table["rows"]:
@@ -85,6 +84,7 @@ def rejudge(out_dir: str | Path, command: str | None = None) -> Path:
     report = json.loads((out_dir / "tables.json").read_text())
     md = (out_dir / "tables.md").read_text()
     tables = rejudged_tables(report)
+    spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[report["suite"]]
     for table in tables:
         start = md.index(f"## {table.pop('old_title')}\n")
         end = md.index(f"\n![{table['id']} curves]", start)
@@ -92,11 +92,13 @@ def rejudge(out_dir: str | Path, command: str | None = None) -> Path:
     # the suite's description heads the report and may have changed with its rows (write_suite's layout)
     title = f"# Paper tables: {report['suite']}\n\n"
     if md.startswith(title) and "\n- command: `" in md:
-        spec = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text())[report["suite"]]
         md = title + spec["description"].strip() + "\n\n" + md[md.index("- command: `"):]
     prov = provenance(command)
+    added = [t["id"] for t in spec["tables"] if t["id"] not in {t["id"] for t in tables}]
     note = (f"- verdicts re-judged from this report's tables.json by `{prov['command']}` at commit `{prov['commit']}`"
-            f" ({prov['date']}): rows as the runs wrote them, checks under the current rules and suite rows\n")
+            f" ({prov['date']}): rows as the runs wrote them, checks under the current rules and suite rows"
+            + (f"; the suite's tables added since ({', '.join(added)}) are not in this report: they need the runs "
+               "(python -m lit_inheritune.report --suite)" if added else "") + "\n")
     md = "".join(line for line in md.splitlines(keepends=True) if not line.startswith("- verdicts re-judged"))
     marker = "\nCompute: tokens trained"
     md = md.replace(marker, note + marker, 1) if marker in md else md
