@@ -5,8 +5,9 @@
 # The 8-layer reference trains first, alone; then every other run is an independent job, two at a time with one
 # thread each (1.15x one two-thread run on this 2-core machine, CPU_SCALE.md). About 9 hours (a 500-step 4L
 # job takes ~11 min on one thread beside another; the 12L reference 60 min), plus about 8 h for Table 1's
-# controls (scratch 4L at 2000 and ~2950 steps, 3 seeds) and about 2 h for the growth twin (experiment=cpu_medium_grow,
-# both modes); SEEDS=1 for one seed. The SmolLM2 studies are `make reproduce-smollm2`.
+# controls (scratch 4L at 2000 and ~2950 steps, 3 seeds), about 2 h for the growth twin (experiment=cpu_medium_grow,
+# both modes) and about 1.5 h for a second 8L reference (seed 1) with Inheritune 4L on it; SEEDS=1 for one seed.
+# The SmolLM2 studies are `make reproduce-smollm2`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -47,7 +48,13 @@ for s in $SEEDS; do
     pool1+=("experiment=cpu_medium_grow seed=$s")
     pool1+=("experiment=cpu_medium_grow method.grow_mode=append method.carry_optimizer=true seed=$s")
 done
+# The reference's own variance (issue #23): a second 8-layer reference, seed 1, in pool 1; Inheritune 4L on it in
+# pool 2, in run directories of their own (run_name: the ones on reference seed 0 keep theirs).
+pool1+=("experiment=cpu_medium method=scratch train.max_steps=1500 seed=1")
 pool2=()
+for s in $SEEDS; do
+    pool2+=("experiment=cpu_medium_16l seed=$s reference.seed=1 method.scratch_baselines=[] run_name=inheritune-n4-block-reinherit-ref1-s$s")
+done
 for s in $SEEDS; do
     for parts in attn mlp attn_mlp; do pool1+=("experiment=cpu_medium_table3 method.parts=$parts seed=$s"); done
     for m in stacking hybrid_stacking half_width; do pool1+=("experiment=cpu_medium_table2 method=$m seed=$s"); done
@@ -81,8 +88,9 @@ pool() {
 pool "${pool1[@]}"
 # A failed job only prints its error so that the others go on, but pool 2 reads the 12-layer reference: without
 # it every job there would train the reference itself, two of them into one directory.
-LAZY_REFERENCE=$OUT/cpu_lazy_transfer/scratch-L12-T1500-s0/result.json
-[ -f "$LAZY_REFERENCE" ] || { echo "error: $LAZY_REFERENCE is missing: the 12-layer reference failed; see above" >&2; exit 1; }
+for REF in "$OUT"/cpu_lazy_transfer/scratch-L12-T1500-s0/result.json "$OUT"/cpu_medium_16l/scratch-L8-T1500-s1/result.json; do
+    [ -f "$REF" ] || { echo "error: $REF is missing: that reference failed; see above" >&2; exit 1; }
+done
 pool "${pool2[@]}"
 if compgen -G "$OUT/cpu_medium_16l/inheritune-n4-block-reinherit-s[0-9]*/round2-L5" > /dev/null; then
     pool "${pool3[@]}"
@@ -103,6 +111,8 @@ done
     +ckpts.reference_12L="$OUT"/cpu_lazy_transfer/scratch-L12-T1500-s0/checkpoints/last.ckpt
 # 5. The paper's tables, ours beside the published numbers, with the curves.
 "$PY" -m lit_inheritune.report "$OUT"/cpu_medium_16l --out "$RESULTS"/cpu_medium_16l --suite cpu_medium_16l
+"$PY" -m lit_inheritune.report "$OUT"/cpu_medium_16l --out "$RESULTS"/cpu_medium_16l_reference_seeds \
+    --suite cpu_medium_16l_reference_seeds
 "$PY" -m lit_inheritune.report "$OUT"/cpu_lazy_transfer --out "$RESULTS"/cpu_lazy_transfer --suite cpu_lazy_transfer
 # 6. Appendix B's twin: a pretrained SmolLM2-135M as the reference (issue #7).
 PY="$PY" bash experiments/appendix_b_cpu.sh

@@ -94,8 +94,9 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
     # 2 references, the equal-steps 8L row; per seed: Table 1, 2 scratch 4L rows, Table 3 (3), Table 2 (3), KD (2),
     # lazy transfer (3 position + 2 source + random); Table 1's controls (scratch 4L at 4T and FLOPs-equal, the
     # embedding-only 4L) and the growth twin (2 modes); Appendix B's run on its pretrained reference; the scratch 5L
-    # rows (2 per seed; trained only when some seed needed a round 2)
-    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2 + 3 + 2), 3 * 6 + 1, 3 * 2]
+    # rows (2 per seed; trained only when some seed needed a round 2); a second 8L reference (seed 1) and
+    # Inheritune 4L on it (3 seeds)
+    assert [len(p) for p in phases] == [1, 3 + 1 + 1 + 3 * (2 + 3 + 3 + 2 + 3 + 2) + 1, 3 * 6 + 1 + 3, 3 * 2]
     trained_in, reads = {}, []
     for phase, jobs in enumerate(phases):
         for job in jobs:
@@ -105,7 +106,11 @@ def test_every_job_of_reproduce_cpu_composes_and_reads_a_reference_trained_in_an
             if cfg.method.name not in ("scratch", "stacking") and cfg.name != "cpu_smollm2_15l":  # trained refs
                 reads.append((phase, cfg.name, Path(reference_dir(cfg))))
     assert {(name, ref.name) for _, name, ref in reads} == {
-        ("cpu_medium_16l", "scratch-L8-T1500-s0"), ("cpu_lazy_transfer", "scratch-L12-T1500-s0")}
+        ("cpu_medium_16l", "scratch-L8-T1500-s0"), ("cpu_medium_16l", "scratch-L8-T1500-s1"),
+        ("cpu_lazy_transfer", "scratch-L12-T1500-s0")}
+    # Inheritune on the second reference: its own run directories, beside those on reference seed 0
+    on_ref1 = [compose(job) for job in phases[2] if "reference.seed=1" in job]
+    assert sorted(Path(c.run_dir).name for c in on_ref1) == [f"inheritune-n4-block-reinherit-ref1-s{s}" for s in (1, 2, 3)]
     # a reference is trained, by one job, in a phase that ends before any job reading it starts
     assert all(trained_in[ref] < phase for phase, _, ref in reads)
     assert phases[0] == [["experiment=cpu_medium", "method=scratch", "train.max_steps=1500", "seed=0"]]
@@ -142,10 +147,16 @@ def test_reproduce_cpu_trains_the_scratch_5l_rows_only_when_a_seed_reached_round
     (out / "cpu_lazy_transfer" / "scratch-L12-T1500-s0").mkdir(parents=True)
     (out / "cpu_lazy_transfer" / "scratch-L12-T1500-s0" / "result.json").write_text("{}")
     (out / "cpu_medium_16l" / "inheritune-n4-block-reinherit-scale_source-s1" / "round2-L5").mkdir(parents=True)
+    env = {**os.environ, "PY": str(stub), "LIT_INHERITUNE_ROOT": str(tmp_path), "SEEDS": "1"}
+    # pool 2 reads the second 8L reference too: without it the script stops before pool 2, naming it
+    failed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    second = out / "cpu_medium_16l" / "scratch-L8-T1500-s1" / "result.json"
+    assert failed.returncode == 1 and f"error: {second} is missing" in failed.stderr
+    second.parent.mkdir(parents=True)
+    second.write_text("{}")
 
     def trained_5l() -> int:
         (tmp_path / "calls").unlink(missing_ok=True)
-        env = {**os.environ, "PY": str(stub), "LIT_INHERITUNE_ROOT": str(tmp_path), "SEEDS": "1"}
         subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
         calls = (tmp_path / "calls").read_text().splitlines()
         return sum("model.n_layer=5" in c for c in calls)
