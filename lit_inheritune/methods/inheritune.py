@@ -97,7 +97,8 @@ class Inheritune(Method):
             raise ConfigError("method.grow_list=true cannot grow with method.grow_mode=append: append adds the "
                               "reference blocks after the target's depth, not after the list's last block; use "
                               "method.grow_mode=reinherit (each round inherits its blocks afresh)")
-        if self.grow_list and self.max_layers > n and max(self.blocks) + self.max_layers - n > k - 1:
+        # the deepest round Algorithm 1 may reach: n + a multiple of grow_by, not max_layers itself
+        if self.grow_list and max(self.blocks) + self.depths()[-1] - n > k - 1:
             raise ConfigError(f"method.max_layers={self.max_layers}: growing method.blocks={list(self.blocks)} by the "
                               f"blocks after its last ({max(self.blocks)}) stops at the {k}-layer reference's last "
                               f"block; set method.max_layers at most {n + k - 1 - max(self.blocks)}")
