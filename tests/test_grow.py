@@ -295,10 +295,12 @@ def test_a_block_list_that_cannot_grow_as_asked_is_a_config_error(tmp_path, fixt
 def test_a_block_list_is_checked_against_the_deepest_round_it_can_reach(tmp_path):
     """Growing by 2 from 2 layers with max_layers 3 never reaches a round 2: blocks [2, 3] of a 4-layer reference
     is one round, not a list that would run past the reference's last block."""
+    from lit_inheritune.checks import check_method
     from lit_inheritune.run import plan
 
     cfg = compose([*TINY, "method=inheritune", "model.n_layer=4", "method.blocks=[2,3]", "method.grow_list=true",
                    "method.grow_by=2", "method.max_layers=3", f"paths.root_dir={tmp_path}"])
+    check_method(cfg)  # the method's own checks, as every run makes them before any compute
     assert [s.name for s in plan(cfg) if s.name.startswith("round")] == ["round1-L2"]
 
 
