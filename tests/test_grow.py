@@ -284,6 +284,9 @@ def test_a_growth_run_with_a_block_list_grows_past_its_list_when_configured_to(t
     ("method.grow_mode=append", "method.grow_list=true cannot grow with method.grow_mode=append"),
     ("method.max_layers=4", r"method.max_layers=4: growing method.blocks=\[1, 2\] by the blocks after its last \(2\) "
                             r"stops at the 4-layer reference's last block; set method.max_layers at most 3"),
+    # the depth check needs a valid range of rounds: these keys' own errors come first, not a traceback
+    ("method.max_layers=1", r"method.max_layers=1 is below the target's 2 layers"),
+    ("method.grow_by=0", r"method.grow_by=0: a growth round adds at least 1 layer"),
 ])
 def test_a_block_list_that_cannot_grow_as_asked_is_a_config_error(tmp_path, fixture_data_dir, override, message):
     with pytest.raises(ConfigError, match=message):

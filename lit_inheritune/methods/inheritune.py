@@ -97,11 +97,6 @@ class Inheritune(Method):
             raise ConfigError("method.grow_list=true cannot grow with method.grow_mode=append: append adds the "
                               "reference blocks after the target's depth, not after the list's last block; use "
                               "method.grow_mode=reinherit (each round inherits its blocks afresh)")
-        # the deepest round Algorithm 1 may reach: n + a multiple of grow_by, not max_layers itself
-        if self.grow_list and max(self.blocks) + self.depths()[-1] - n > k - 1:
-            raise ConfigError(f"method.max_layers={self.max_layers}: growing method.blocks={list(self.blocks)} by the "
-                              f"blocks after its last ({max(self.blocks)}) stops at the {k}-layer reference's last "
-                              f"block; set method.max_layers at most {n + k - 1 - max(self.blocks)}")
         if self.blocks and self.select != "first":
             raise ConfigError(f"method.select={self.select} and method.blocks={list(self.blocks)} both say which "
                               "reference blocks to inherit; set one of them")
@@ -118,6 +113,12 @@ class Inheritune(Method):
         if self.max_layers < n:
             raise ConfigError(f"method.max_layers={self.max_layers} is below the target's {n} layers; set it "
                               f"between {n} (no growth) and {k}")
+        # against the deepest round (n + a multiple of grow_by, not max_layers itself): after the checks above, so
+        # that depths() has a valid range
+        if self.grow_list and max(self.blocks) + self.depths()[-1] - n > k - 1:
+            raise ConfigError(f"method.max_layers={self.max_layers}: growing method.blocks={list(self.blocks)} by the "
+                              f"blocks after its last ({max(self.blocks)}) stops at the {k}-layer reference's last "
+                              f"block; set method.max_layers at most {n + k - 1 - max(self.blocks)}")
         if self.select != "first" and self.grow_mode == "append" and self.max_layers >= n + self.grow_by:
             raise ConfigError(f"method.select={self.select} cannot grow with method.grow_mode=append: append keeps "
                               "the trained blocks and adds the next reference blocks after them, but the next "
