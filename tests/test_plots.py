@@ -71,8 +71,13 @@ def test_a_report_panel_with_no_runs_says_so(tmp_path, monkeypatch):
     assert texts == ["no runs"]
 
 
-LONG_TITLE = ("4-layer targets from SmolLM2-135M: which blocks transfer (paper: v4 Table 4, 4-layer variants of a 12L "
-              "GPT-2 Small)")
+def _longest_suite_title() -> str:
+    import yaml
+
+    from lit_inheritune.paper import HERE as PAPER_DIR
+
+    suites = yaml.safe_load((PAPER_DIR / "suites.yaml").read_text()).values()
+    return max((t["title"] for suite in suites for t in suite["tables"]), key=len)
 
 
 @pytest.mark.parametrize("plot", ["curves", "compute"])
@@ -102,7 +107,7 @@ def test_a_long_table_title_lies_inside_the_figure(tmp_path, monkeypatch, plot):
              "identity": {"train": {"max_steps": 100}}}]
     row = {"name": "Inheritune 4L", "run": "inheritune-n4/round1-L4", "mean": 5.5, "at_step": None, "paper": None,
            "flops": 1e12, "cumulative_flops": 5e12}
-    table = {"title": LONG_TITLE, "rows": [row]}
+    table = {"title": _longest_suite_title(), "rows": [row]}
     if plot == "curves":
         plot_curves(table, runs, tmp_path / "curves.png")
     else:
