@@ -7,6 +7,8 @@ under one set of overrides, one process per run on one thread, and this script t
     python experiments/regime_pilot.py run [--jobs 2] [--configs shape_4v2,steps_bs8] [--seeds 1,2,3]
     python experiments/regime_pilot.py run --fallback [--jobs 2]
     python experiments/regime_pilot.py report --out experiments/results/regime
+    python experiments/regime_pilot.py report --configs lr3e-3_4v2 --out experiments/results/regime/lr3e-3_4v2
+                                                  # a follow-up: configs run after the pilot, on their own
     python experiments/regime_pilot.py measured   # the findings section only, from the committed pilot.json
 
 Runs live in <LIT_INHERITUNE_ROOT>/outputs/regime_<config>/ like any other run (resumable, skipped when done).
@@ -301,19 +303,18 @@ def report(out: Path, configs: list[str] | None = None) -> None:
               + (f"**{chosen[0]}**" if chosen else "none: no config met the rule within the pilot"), ""]
     lines += measured_section(verdicts, {n: {k: e[k] for k in ("k", "steps", "hypothesis")}
                                          for n, e in data.items()}, fallback_below=not configs)
+    record = {"provenance": provenance(), "verdicts": verdicts, "chosen": chosen[0] if chosen else None,
+              "configs": {n: {k: e[k] for k in ("k", "steps", "overrides", "hypothesis")} for n, e in data.items()}}
     # the fallback is the whole pilot's: a follow-up of some configs leaves it to the pilot's own pilot.md
-    fb = collect_fallback() if not configs else {"half": [], "ref": {}}
-    fb_rows = judge_fallback(fb)
-    enough = [row["ref_steps"] for row in fb_rows if row["enough"]]
-    if not configs:
+    fb = None if configs else collect_fallback()
+    if fb is not None:
+        fb_rows = judge_fallback(fb)
+        enough = [row["ref_steps"] for row in fb_rows if row["enough"]]
         lines += _fallback_section(fb_rows, enough)
+        record["fallback"] = {"config": FALLBACK, "rows": fb_rows, "reference_steps": enough[0] if enough else None}
     (out / "pilot.md").write_text("\n".join(lines) + "\n")
-    (out / "pilot.json").write_text(json.dumps(
-        {"provenance": provenance(), "verdicts": verdicts, "chosen": chosen[0] if chosen else None,
-         "fallback": {"config": FALLBACK, "rows": fb_rows, "reference_steps": enough[0] if enough else None},
-         "configs": {n: {k: e[k] for k in ("k", "steps", "overrides", "hypothesis")} for n, e in data.items()}},
-        indent=2) + "\n")
-    _plot(data, verdicts, out / "pilot.png", None if configs else fb)
+    (out / "pilot.json").write_text(json.dumps(record, indent=2) + "\n")
+    _plot(data, verdicts, out / "pilot.png", fb)
     print((out / "pilot.md").read_text())
 
 

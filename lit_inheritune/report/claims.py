@@ -32,11 +32,11 @@ from lit_inheritune.training.identity import IDENTITY_FILE
 
 
 def _paper_row(path: str) -> dict:
-    """A row of tables.yaml by dotted path, e.g. 'table1.large.3'."""
+    """A row of tables.yaml by dotted path, e.g. 'table1.large.3', with the name the paper gives it."""
     node = published()
     for key in path.split("."):
         node = node[int(key)] if isinstance(node, list) else node[key]
-    return node
+    return {**node, "name": paper_name(path)}
 
 
 def _ours(row: dict, runs: list[dict]) -> tuple[list[float], list]:
@@ -219,7 +219,7 @@ def suite_tables(suite: str, runs: list[dict]) -> list[dict]:
         rows = []
         for row in table["rows"]:
             row = {**row, "run": row_run(row)}
-            paper = {**_paper_row(row["paper"]), "name": paper_name(row["paper"])} if row.get("paper") else None
+            paper = _paper_row(row["paper"]) if row.get("paper") else None
             values, value_seeds = _ours(row, runs)
             mine = row_runs(row, runs)
             rows.append({"name": row["name"], "run": row["run"], "at_step": row.get("at_step"),

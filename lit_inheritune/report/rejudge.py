@@ -20,7 +20,6 @@ import yaml
 from lit_inheritune.errors import ArgumentParser, ConfigError, run_cli
 from lit_inheritune.matched import row_run
 from lit_inheritune.paper import HERE as PAPER_DIR
-from lit_inheritune.paper import paper_name
 from lit_inheritune.provenance import provenance
 from lit_inheritune.report.claims import _paper_row, judge_checks, suite_markdown
 
@@ -72,8 +71,7 @@ def rejudged_tables(report: dict) -> list[dict]:
                          "only_seeds": row.get("only_seeds"), **kept,
                          "ours_seeds": _value_seeds(old) if old else [],
                          "mean": statistics.fmean(kept["ours"]) if kept["ours"] else None,
-                         "paper": {**_paper_row(row["paper"]), "name": paper_name(row["paper"])}
-                         if row.get("paper") else None})
+                         "paper": _paper_row(row["paper"]) if row.get("paper") else None})
         tables.append({"id": table["id"], "title": table["title"], "rows": rows,
                        "checks": judge_checks(table, rows), "old_title": old_tables[table["id"]]["title"]})
     return tables
